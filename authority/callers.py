@@ -1,0 +1,218 @@
+"""Who is calling: bearer tokens from trusted issuers (the portal's sign-in), verified strictly, and the rules
+that say which callers may mint.
+
+Our own access tokens are recognised too, so that an impersonated session presented back to us is told apart
+(403, no nested impersonation) rather than merely failing to verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import jwt
+import msgspec
+
+from authority.keys import Keyring
+from authority.refusals import (
+    CustomerSession,
+    Forbidden,
+    InvalidToken,
+    NestedImpersonation,
+    Unauthenticated,
+    Unavailable,
+)
+from authority.settings import Settings, TrustedIssuer
+from authority.tokens import (
+    ACCESS_TYP,
+    IMPERSONATION_TYP,
+    AccessClaims,
+    check_times,
+    decode_claims,
+    read_header,
+    typ_matches,
+    verify_signature,
+)
+
+STAFF_ROLES = frozenset({"admin", "operator"})
+CUSTOMER_ROLE = "customer"
+
+
+class Caller(msgspec.Struct, frozen=True):
+    issuer: str
+    subject: str
+    role: str | None
+    location: str | None
+    coworker_id: int | None
+    impersonated: bool
+
+
+class _Unverified(msgspec.Struct):
+    iss: str
+
+
+def _unverified_issuer(token: str) -> str:
+    """Only to choose which issuer's keys verify the token; nothing else is read before verification."""
+    try:
+        segment = token.split(".")[1]
+        payload = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return msgspec.json.decode(payload, type=_Unverified).iss
+    except (IndexError, binascii.Error, ValueError, msgspec.DecodeError):
+        raise Unauthenticated("bearer token is malformed") from None
+
+
+def bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthenticated("Authorization: Bearer <token> is required")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Authorization must use the Bearer scheme")
+    return token.strip()
+
+
+class JwksSource:
+    """An issuer's public keys: a JWKS file read once, or a URL fetched by PyJWKClient with its own cache."""
+
+    def __init__(self, issuer: TrustedIssuer, timeout: float) -> None:
+        self._client: jwt.PyJWKClient | None = None
+        self._static: dict[str, jwt.PyJWK] = {}
+        if issuer.jwks_file is not None:
+            try:
+                jwks = jwt.PyJWKSet.from_json(Path(issuer.jwks_file).read_text())
+            except (OSError, jwt.PyJWTError) as exc:
+                raise ValueError(f"trusted issuer {issuer.issuer}: jwks_file: {exc}") from None
+            self._static = {k.key_id: k for k in jwks.keys if k.key_id}
+        elif issuer.jwks_url is not None:
+            self._client = jwt.PyJWKClient(issuer.jwks_url, cache_jwk_set=True, lifespan=300, timeout=int(timeout))
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        if self._client is None:
+            return self._static.get(kid)
+        client = self._client
+        try:
+            return await anyio.to_thread.run_sync(client.get_signing_key, kid)
+        except jwt.PyJWKClientConnectionError:
+            raise Unavailable("the caller's identity provider keys cannot be fetched") from None
+        except jwt.PyJWKClientError:
+            return None
+
+
+class Trust:
+    """Verifies bearer tokens from the configured issuers and from ourselves."""
+
+    def __init__(self, settings: Settings, keyring: Callable[[], Keyring]) -> None:
+        self._settings = settings
+        self._keyring = keyring
+        self._issuers = {i.issuer: (i, JwksSource(i, settings.redis_timeout_s * 10)) for i in settings.trusted_issuers}
+
+    async def authenticate(self, authorization: str | None, now: int) -> Caller:
+        token = bearer(authorization)
+        try:
+            header = read_header(token)
+            issuer = _unverified_issuer(token)
+            if issuer == self._settings.public_issuer:
+                return self._own_session(token, header, now)
+            return await self._trusted(token, header, issuer, now)
+        except InvalidToken as exc:
+            raise Unauthenticated(f"bearer token refused: {exc.detail}") from None
+
+    def _own_session(self, token: str, header: dict[str, Any], now: int) -> Caller:
+        if not typ_matches(header, ACCESS_TYP):
+            raise Unauthenticated(f"only {ACCESS_TYP} tokens of this authority are accepted as bearers")
+        key = self._keyring().verifier(header["kid"])
+        if key is None:
+            raise Unauthenticated("bearer token is signed by an unknown key")
+        claims = decode_claims(verify_signature(token, key.public, key.alg, header), AccessClaims)
+        if claims.aud != self._settings.session_audience:
+            raise Unauthenticated("bearer token is for another audience")
+        s = self._settings
+        check_times(iat=claims.iat, nbf=claims.nbf, exp=claims.exp, now=now, leeway=s.clock_skew_s,
+                    max_life=s.session_max_ttl_s)  # fmt: skip
+        return Caller(claims.iss, claims.sub, None, claims.loc, None, impersonated=True)
+
+    async def _trusted(self, token: str, header: dict[str, Any], issuer: str, now: int) -> Caller:
+        entry = self._issuers.get(issuer)
+        if entry is None:
+            raise Unauthenticated("bearer token comes from an issuer we do not trust")
+        config, source = entry
+        if typ_matches(header, IMPERSONATION_TYP):
+            raise Unauthenticated("an impersonation token is not a bearer token")
+        jwk = await source.get(header["kid"])
+        if jwk is None:
+            raise Unauthenticated("bearer token is signed by an unknown key")
+        # A key is used with one alg only: the JWK's own, or the one PyJWT infers from its key type.
+        alg = jwk.algorithm_name
+        if alg not in config.algorithms:
+            raise Unauthenticated(f"alg {alg!r} is not accepted from this issuer")
+        payload = verify_signature(token, jwk.key, alg, header)
+        try:
+            claims = msgspec.json.decode(payload, type=dict[str, Any])
+        except msgspec.DecodeError:
+            raise Unauthenticated("bearer claims are malformed") from None
+        return caller_from_claims(claims, config, now, self._settings.clock_skew_s)
+
+
+def _int_claim(claims: Mapping[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def caller_from_claims(claims: Mapping[str, Any], config: TrustedIssuer, now: int, leeway: int) -> Caller:
+    """Strict checks of a verified trusted-issuer payload: iss, aud, exp required; nbf and iat if present."""
+    if claims.get("iss") != config.issuer:
+        raise Unauthenticated("bearer iss does not match")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if not set(config.audiences).intersection(a for a in audiences if isinstance(a, str)):
+        raise Unauthenticated("bearer token is for another audience")
+    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat", 0)
+    if not isinstance(exp, int) or not isinstance(nbf, int | None) or not isinstance(iat, int):
+        raise Unauthenticated("bearer exp is required; exp, nbf and iat must be integers")
+    try:
+        check_times(iat=iat, nbf=nbf, exp=exp, now=now, leeway=leeway, max_life=exp - iat)
+    except InvalidToken as exc:
+        raise Unauthenticated(f"bearer token refused: {exc.detail}") from None
+    subject = claims.get("sub")
+    role, location = claims.get(config.role_claim), claims.get(config.location_claim)
+    return Caller(
+        issuer=config.issuer,
+        subject=str(subject) if isinstance(subject, str | int) else "",
+        role=role if isinstance(role, str) else None,
+        location=str(location) if isinstance(location, str | int) and not isinstance(location, bool) else None,
+        coworker_id=_int_claim(claims, config.coworker_claim),
+        impersonated="act" in claims,
+    )
+
+
+def require_staff(caller: Caller) -> str:
+    """The location an admin or operator may impersonate in; customers get 401, as the portal documents."""
+    if caller.impersonated:
+        raise NestedImpersonation("an impersonated session cannot mint impersonation tokens")
+    if caller.role == CUSTOMER_ROLE:
+        raise CustomerSession("customer sessions cannot use the staff impersonation endpoint")
+    if caller.role not in STAFF_ROLES:
+        raise Forbidden("admin or operator role required")
+    if not caller.location or not caller.subject:
+        raise Forbidden("the caller's token names no location or subject")
+    return caller.location
+
+
+def require_member(caller: Caller) -> tuple[str, int]:
+    """Location and coworker id of a customer who may act as a team admin (the directory decides the rest)."""
+    if caller.impersonated:
+        raise NestedImpersonation("an impersonated session cannot mint impersonation tokens")
+    if caller.role != CUSTOMER_ROLE:
+        raise Forbidden("team-admin impersonation is for members; staff use /api/sys/users/impersonate")
+    if not caller.location or caller.coworker_id is None:
+        raise Forbidden("the caller's token names no location or coworker id")
+    return caller.location, caller.coworker_id

@@ -1,0 +1,80 @@
+"""``authority`` command line: ``serve`` the API, print a demo ``dev-token``.
+
+``--demo`` is the one switch that allows plain-PEM keys, a private embedded Redis and the demo issuer; nothing in
+the environment can turn those on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import msgspec
+import uvicorn
+
+from authority import demo, settings
+from authority.app import create_app
+from authority.embedded import EmbeddedRedis
+from authority.keys import KeyStoreError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {"demo": args.demo}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    config = settings.load(**overrides)
+    with ExitStack() as stack:
+        if config.demo:
+            if not config.redis_url:
+                server = stack.enter_context(EmbeddedRedis(Path(config.data_dir) / "valkey"))
+                print(f"demo: private Redis-compatible server at {server.url}", file=sys.stderr)
+                config = msgspec.structs.replace(config, redis_url=server.url)
+            issuers = [*config.trusted_issuers, demo.trusted_demo_issuer(config.keys_path)]
+            config = msgspec.structs.replace(config, trusted_issuers=issuers)
+        app = create_app(config)
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _dev_token(args: argparse.Namespace) -> int:
+    config = settings.load()
+    print(demo.dev_token(config.keys_path, role=args.role, sub=args.sub, location=args.location, ttl=args.ttl))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="authority", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--demo", action="store_true", help="embedded Redis, plain demo keys, demo issuer")
+    serve.add_argument("--host", help="listen address (AUTHORITY_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (AUTHORITY_PORT)")
+    serve.set_defaults(run=_serve)
+    token = commands.add_parser("dev-token", help="print a caller bearer token from the demo issuer")
+    token.add_argument("--role", required=True, choices=demo.ROLES)
+    token.add_argument("--sub", required=True, help="caller id (a team admin's coworker id)")
+    token.add_argument("--location", required=True)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds the token lives")
+    token.set_defaults(run=_dev_token)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        code: int = args.run(args)
+    except (settings.SettingsError, KeyStoreError, ValueError) as exc:
+        print(f"authority: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Every way the authority says no, one class each, with a stable code.
+
+Clients and the audit log tell refusals apart by ``code`` (the problem-details ``type`` is built from it), so a
+replayed token never looks like an expired one. This module is pure: HTTP mapping lives in ``problems``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class Refusal(Exception):  # noqa: N818 - a refusal is an outcome, not a programming error
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "invalid-request"
+    title: ClassVar[str] = "The request is malformed"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, **context: str | None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.context = context  # identifiers for the audit line (actor, subject, jti, sid): never secrets
+
+
+class InvalidRequest(Refusal):
+    pass
+
+
+class Unauthenticated(Refusal):
+    status = 401
+    code = "unauthenticated"
+    title = "A valid bearer token is required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+class CustomerSession(Unauthenticated):
+    code = "customer-session"
+    title = "Customer sessions cannot impersonate"
+
+
+class InvalidToken(Refusal):
+    status = 401
+    code = "invalid-token"
+    title = "The impersonation token is invalid"
+
+
+class TokenExpired(InvalidToken):
+    code = "token-expired"
+    title = "The impersonation token has expired"
+
+
+class TokenNotYetValid(InvalidToken):
+    code = "token-not-yet-valid"
+    title = "The impersonation token is not valid yet"
+
+
+class WrongTokenType(InvalidToken):
+    code = "wrong-token-type"
+    title = "The token is not an impersonation token"
+
+
+class WrongAudience(InvalidToken):
+    code = "wrong-audience"
+    title = "The token is meant for another audience"
+
+
+class WrongIssuer(InvalidToken):
+    code = "wrong-issuer"
+    title = "The token comes from an issuer we do not trust"
+
+
+class UnknownKey(InvalidToken):
+    code = "unknown-key"
+    title = "The token is signed by a key we do not know"
+
+
+class BadSignature(InvalidToken):
+    code = "bad-signature"
+    title = "The token signature does not verify"
+
+
+class TokenReplayed(InvalidToken):
+    code = "token-replayed"
+    title = "The impersonation token was already used"
+
+
+class TokenNotIssued(InvalidToken):
+    code = "token-not-issued"
+    title = "The impersonation token is not on the allowlist"
+
+
+class Forbidden(Refusal):
+    status = 403
+    code = "forbidden"
+    title = "The caller may not do this"
+
+
+class NestedImpersonation(Forbidden):
+    code = "nested-impersonation"
+    title = "An impersonated session cannot impersonate"
+
+
+class CoworkerNotFound(Refusal):
+    status = 404
+    code = "coworker-not-found"
+    title = "No such coworker for this caller"
+
+
+class Unavailable(Refusal):
+    status = 503
+    code = "unavailable"
+    title = "A backing service is unreachable; nothing was issued"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, {"Retry-After": "1"})

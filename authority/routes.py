@@ -1,0 +1,123 @@
+"""HTTP surface: thin handlers that parse, authenticate (middleware), call the service and shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import CacheControlHeader, State
+from litestar.di import Provide
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
+
+from authority.callers import Caller, Trust
+from authority.impersonation import Authority, Session
+from authority.refusals import Unavailable
+from authority.tokens import MAX_TOKEN_LENGTH
+
+NO_STORE = CacheControlHeader(no_store=True)
+CoworkerId = Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
+
+
+class MintResponse(msgspec.Struct, frozen=True):
+    token: str
+
+
+class ExchangeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN_LENGTH)]
+
+
+class Status(msgspec.Struct, frozen=True):
+    status: str
+
+
+class BearerAuth(AbstractAuthenticationMiddleware):
+    """Verifies the caller's bearer before any parameter is read: an unauthenticated caller learns nothing."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        state = connection.app.state
+        trust: Trust = state.trust
+        authority: Authority = state.authority
+        caller = await trust.authenticate(connection.headers.get("authorization"), int(authority.clock()))
+        return AuthenticationResult(user=caller, auth=None)
+
+
+def provide_authority(state: State) -> Authority:
+    authority: Authority = state.authority
+    return authority
+
+
+class MintController(Controller):
+    """The two mint endpoints of the seed; both answer ``{"token": ...}`` and are never cached."""
+
+    middleware = [DefineMiddleware(BearerAuth)]
+    cache_control = NO_STORE
+    tags = ["impersonation"]
+
+    @get("/api/sys/users/impersonate", summary="Impersonation token for an admin or operator")
+    async def staff(
+        self,
+        request: Request[Caller, None, State],
+        authority: Authority,
+        coworker_id: Annotated[CoworkerId, Parameter(query="coworkerId", description="customer to impersonate")],
+    ) -> MintResponse:
+        return MintResponse(await authority.mint_for_staff(request.user, coworker_id))
+
+    @get("/api/public/coworkers/{coworker_id:int}/impersonate", summary="Impersonation token for a team admin")
+    async def team_admin(
+        self, request: Request[Caller, None, State], authority: Authority, coworker_id: CoworkerId
+    ) -> MintResponse:
+        return MintResponse(await authority.mint_for_team_admin(request.user, coworker_id))
+
+
+@post("/api/sys/users/exchange", status_code=HTTP_200_OK, cache_control=NO_STORE, tags=["impersonation"],
+      summary="Exchange an impersonation token, once, for a bearer session")  # fmt: skip
+async def exchange(data: ExchangeRequest, authority: Authority) -> Session:
+    return await authority.exchange(data.token)
+
+
+@get("/.well-known/jwks.json", tags=["discovery"], summary="Published public keys")
+async def jwks(request: Request[Any, Any, State], authority: Authority) -> Response[bytes]:
+    keyring = authority.keyring
+    headers = {
+        "ETag": keyring.etag,
+        "Cache-Control": f"public, max-age={authority.settings.jwks_max_age_s}",
+    }
+    if request.headers.get("if-none-match") == keyring.etag:
+        return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(keyring.jwks, media_type="application/json", headers=headers)
+
+
+@get("/.well-known/openid-configuration", tags=["discovery"], summary="Issuer metadata")
+async def discovery(authority: Authority) -> dict[str, Any]:
+    s = authority.settings
+    base = s.public_issuer
+    return {
+        "issuer": base,
+        "jwks_uri": f"{base}/.well-known/jwks.json",
+        "impersonation_endpoint": f"{base}/api/sys/users/impersonate",
+        "team_impersonation_endpoint": f"{base}/api/public/coworkers/{{coworkerId}}/impersonate",
+        "exchange_endpoint": s.exchange_audience,
+        "token_signing_alg_values_supported": sorted({k.alg for k in authority.keyring.keys}),
+        "access_token_audience": s.session_audience,
+    }
+
+
+@get("/healthz", tags=["probes"], summary="Liveness")
+async def healthz() -> Status:
+    return Status("ok")
+
+
+@get("/readyz", tags=["probes"], summary="Readiness: Redis answers and a signing key is loaded")
+async def readyz(authority: Authority) -> Status:
+    if authority.keyring.signer is None:
+        raise Unavailable("no active signing key")
+    await authority.allowlist.ping()
+    return Status("ready")
+
+
+ROUTES = [MintController, exchange, jwks, discovery, healthz, readyz]
+DEPENDENCIES = {"authority": Provide(provide_authority, sync_to_thread=False)}

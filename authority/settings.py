@@ -1,0 +1,122 @@
+"""Configuration: every ``AUTHORITY_*`` environment variable, parsed once into typed Structs.
+
+A typo in a variable name or a value of the wrong type stops the service at start with a message naming the
+variable, rather than surfacing as a surprise on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+PREFIX = "AUTHORITY_"
+SigningAlg = Literal["EdDSA", "ES256", "RS256"]
+CallerAlg = Literal["EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+Seconds = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message names the variable to fix."""
+
+
+class TrustedIssuer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An identity provider whose bearer tokens may call the mint endpoints (the portal's sign-in)."""
+
+    issuer: Annotated[str, msgspec.Meta(min_length=1)]
+    audiences: Annotated[list[str], msgspec.Meta(min_length=1)]
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    algorithms: Annotated[list[CallerAlg], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["EdDSA", "ES256", "RS256"]
+    )
+    role_claim: str = "role"
+    location_claim: str = "loc"
+    coworker_claim: str = "sub"
+
+    def __post_init__(self) -> None:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError(f"trusted issuer {self.issuer!r} needs exactly one of jwks_url or jwks_file")
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Everything the service reads from its environment. Field ``x_y`` is variable ``AUTHORITY_X_Y``."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    issuer: str | None = None
+    redis_url: str | None = None
+    redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:_.-]{1,64}$")] = "authority:"
+    redis_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=30)] = 0.5
+    keys_dir: str = "keys"
+    key_passphrase: str | None = None
+    key_alg: SigningAlg = "EdDSA"
+    impersonation_ttl_s: Annotated[int, msgspec.Meta(ge=5, le=600)] = 60
+    session_ttl_s: Seconds = 900
+    session_max_ttl_s: Seconds = 3600
+    session_audience: str = "portal-api"
+    session_client_id: str = "portal"
+    clock_skew_s: Annotated[int, msgspec.Meta(ge=0, le=300)] = 10
+    jwks_max_age_s: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 300
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=256, le=1_048_576)] = 8192
+    max_token_bytes: Annotated[int, msgspec.Meta(ge=256, le=65536)] = 4096
+    directory_file: str | None = None
+    trusted_issuers: list[TrustedIssuer] = msgspec.field(default_factory=list)
+    data_dir: str = ".authority"
+    demo: bool = False
+
+    def __post_init__(self) -> None:
+        if self.session_ttl_s > self.session_max_ttl_s:
+            raise ValueError("session_ttl_s must not exceed session_max_ttl_s")
+
+    @property
+    def public_issuer(self) -> str:
+        """The ``iss`` of every token we sign, and the base of every URL we publish."""
+        return (self.issuer or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def exchange_audience(self) -> str:
+        """The ``aud`` of impersonation tokens: only our own exchange endpoint accepts them."""
+        return f"{self.public_issuer}/api/sys/users/exchange"
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.keys_dir)
+
+
+_FIELD_PATH = re.compile(r"at `\$\.(\w+)")
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(\w+)`$")
+_JSON_FIELDS = {"trusted_issuers"}
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from ``AUTHORITY_*`` variables; ``overrides`` (from CLI flags) win over the environment."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for name, value in env.items():
+        if not name.startswith(PREFIX) or name.startswith(f"{PREFIX}TEST_"):
+            continue
+        field = name.removeprefix(PREFIX).lower()
+        if field == "demo":
+            raise SettingsError("demo mode is chosen with the --demo flag only, never by the environment")
+        if field in _JSON_FIELDS:
+            try:
+                raw[field] = msgspec.json.decode(value)
+            except msgspec.DecodeError as exc:
+                raise SettingsError(f"{name}: not valid JSON ({exc})") from None
+        else:
+            raw[field] = value
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        unknown = _UNKNOWN_FIELD.match(text)
+        if unknown:
+            raise SettingsError(f"unknown variable {PREFIX}{unknown.group(1).upper()}") from None
+        field = _FIELD_PATH.search(text)
+        raise SettingsError(f"{PREFIX}{field.group(1).upper()}: {text}" if field else text) from None

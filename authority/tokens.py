@@ -1,0 +1,168 @@
+"""Token claims and the rules that accept or refuse a JWT: pure functions, no I/O, the clock passed in.
+
+We use PyJWT only to sign and to check a signature against a key chosen by us; everything else (header
+parameters, ``typ``, ``iss``, ``aud``, time) is checked here, strictly, so every refusal has its own code.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any, TypeVar
+
+import jwt
+import msgspec
+
+from authority.keys import Keyring, LoadedKey
+from authority.keys.jwk import PublicKey
+from authority.refusals import (
+    BadSignature,
+    InvalidToken,
+    TokenExpired,
+    TokenNotYetValid,
+    UnknownKey,
+    WrongAudience,
+    WrongIssuer,
+    WrongTokenType,
+)
+
+IMPERSONATION_TYP = "imp+jwt"
+ACCESS_TYP = "at+jwt"
+MAX_TOKEN_LENGTH = 4096
+# Header parameters that would make a verifier fetch or trust key material named by the token itself
+# (RFC 8725 section 3.10), or demand extensions we do not implement.
+FORBIDDEN_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "crit"})
+
+_jws = jwt.PyJWS()
+ClaimsT = TypeVar("ClaimsT", bound=msgspec.Struct)
+
+
+class Actor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """RFC 8693 ``act``: who is really behind an impersonated session."""
+
+    sub: str
+    role: str
+
+
+class ImpersonationClaims(msgspec.Struct, frozen=True):
+    iss: str
+    aud: str
+    sub: str
+    jti: str
+    iat: int
+    nbf: int
+    exp: int
+    loc: str
+    act: Actor
+
+
+class AccessClaims(msgspec.Struct, frozen=True):
+    """An RFC 9068 access token for the portal, marked by ``act`` as impersonated."""
+
+    iss: str
+    aud: str
+    sub: str
+    client_id: str
+    jti: str
+    sid: str
+    iat: int
+    nbf: int
+    exp: int
+    loc: str
+    act: Actor
+
+
+def impersonation_claims(
+    *, issuer: str, audience: str, coworker_id: int, location: str, actor: Actor, jti: str, now: int, ttl: int
+) -> ImpersonationClaims:
+    return ImpersonationClaims(
+        iss=issuer, aud=audience, sub=str(coworker_id), jti=jti, iat=now, nbf=now, exp=now + ttl,
+        loc=location, act=actor,
+    )  # fmt: skip
+
+
+def access_claims(
+    grant: ImpersonationClaims, *, issuer: str, audience: str, client_id: str, jti: str, sid: str, now: int,
+    ttl: int,
+) -> AccessClaims:
+    return AccessClaims(
+        iss=issuer, aud=audience, sub=grant.sub, client_id=client_id, jti=jti, sid=sid, iat=now, nbf=now,
+        exp=now + ttl, loc=grant.loc, act=grant.act,
+    )  # fmt: skip
+
+
+def sign(claims: msgspec.Struct, key: LoadedKey, typ: str) -> str:
+    return _jws.encode(
+        msgspec.json.encode(claims), key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": typ}
+    )
+
+
+def read_header(token: str) -> dict[str, Any]:
+    """The unverified JOSE header, refused if it is malformed or asks us to trust keys it names itself."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken(f"token is longer than {MAX_TOKEN_LENGTH} characters")
+    try:
+        header = _jws.get_unverified_header(token)
+    except (jwt.DecodeError, binascii.Error, UnicodeError, ValueError) as exc:
+        raise InvalidToken(f"malformed token: {exc}") from None
+    refused = FORBIDDEN_HEADERS.intersection(header)
+    if refused:
+        raise InvalidToken(f"header parameter {sorted(refused)[0]!r} is not accepted")
+    if not isinstance(header.get("alg"), str) or not isinstance(header.get("kid"), str):
+        raise InvalidToken("header must name its alg and kid")
+    return header
+
+
+def typ_matches(header: dict[str, Any], expected: str) -> bool:
+    """RFC 7515 ``typ`` comparison: case-insensitive, with or without the ``application/`` prefix."""
+    typ = header.get("typ")
+    return isinstance(typ, str) and typ.lower().removeprefix("application/") == expected
+
+
+def verify_signature(token: str, key: PublicKey, alg: str, header: dict[str, Any]) -> bytes:
+    """The payload bytes, if ``token`` is signed by ``key`` with exactly ``alg`` (the key's own alg)."""
+    if header["alg"] != alg:
+        raise BadSignature(f"alg {header['alg']!r} is not the key's alg")
+    try:
+        decoded = _jws.decode_complete(token, key, algorithms=[alg])
+    except jwt.InvalidSignatureError:
+        raise BadSignature("signature does not verify") from None
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(f"malformed token: {exc}") from None
+    payload: bytes = decoded["payload"]
+    return payload
+
+
+def decode_claims(payload: bytes, kind: type[ClaimsT]) -> ClaimsT:
+    try:
+        return msgspec.json.decode(payload, type=kind)
+    except msgspec.DecodeError as exc:
+        raise InvalidToken(f"claims are malformed: {exc}") from None
+
+
+def check_times(*, iat: int, nbf: int | None, exp: int, now: int, leeway: int, max_life: int) -> None:
+    """``exp``/``nbf``/``iat`` with ``leeway`` seconds of skew; a token claiming a longer life is refused too."""
+    if exp <= now - leeway:
+        raise TokenExpired("token has expired")
+    if (nbf is not None and nbf > now + leeway) or iat > now + leeway:
+        raise TokenNotYetValid("token is not valid yet")
+    if exp - iat > max_life:
+        raise InvalidToken("token lives longer than allowed")
+
+
+def verify_impersonation(
+    token: str, keyring: Keyring, *, issuer: str, audience: str, now: int, leeway: int, max_life: int
+) -> ImpersonationClaims:
+    """Accept ``token`` as one of our impersonation tokens, or raise the precise refusal."""
+    header = read_header(token)
+    if not typ_matches(header, IMPERSONATION_TYP):
+        raise WrongTokenType(f"typ must be {IMPERSONATION_TYP}")
+    key = keyring.verifier(header["kid"])
+    if key is None:
+        raise UnknownKey("no published key has this kid")
+    claims = decode_claims(verify_signature(token, key.public, key.alg, header), ImpersonationClaims)
+    if claims.iss != issuer:
+        raise WrongIssuer("iss is not this authority")
+    if claims.aud != audience:
+        raise WrongAudience("aud is not this authority's exchange endpoint")
+    check_times(iat=claims.iat, nbf=claims.nbf, exp=claims.exp, now=now, leeway=leeway, max_life=max_life)
+    return claims
