@@ -17,7 +17,7 @@ from authority import audit
 from authority.refusals import Refusal
 
 PROBLEM_BASE = "urn:authority:problem:"
-_HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large", 415: "unsupported-media-type"}
+_HTTP_CODES = {400: "invalid-request", 404: "not-found", 405: "method-not-allowed", 413: "body-too-large", 415: "unsupported-media-type"}
 logger = logging.getLogger("authority")
 
 

@@ -8,9 +8,9 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader, State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
-from litestar.params import Parameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
 
 from authority.callers import Caller, Trust
@@ -19,7 +19,10 @@ from authority.refusals import Unavailable
 from authority.tokens import MAX_TOKEN_LENGTH
 
 NO_STORE = CacheControlHeader(no_store=True)
-CoworkerId = Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
+# Decimal digits only: "1e3", "+5" or " 5" are not ids, however a lenient int parser would read them.
+ID_PATTERN = r"^[1-9][0-9]{0,17}$"
+_ID_DOC = "the customer to impersonate (a positive integer)"
+AuthorityDep = NamedDependency[Authority]
 
 
 class MintResponse(msgspec.Struct, frozen=True):
@@ -61,26 +64,29 @@ class MintController(Controller):
     async def staff(
         self,
         request: Request[Caller, None, State],
-        authority: Authority,
-        coworker_id: Annotated[CoworkerId, Parameter(query="coworkerId", description="customer to impersonate")],
+        authority: AuthorityDep,
+        coworker_id: Annotated[str, QueryParameter(name="coworkerId", pattern=ID_PATTERN, description=_ID_DOC)],
     ) -> MintResponse:
-        return MintResponse(await authority.mint_for_staff(request.user, coworker_id))
+        return MintResponse(await authority.mint_for_staff(request.user, int(coworker_id)))
 
-    @get("/api/public/coworkers/{coworker_id:int}/impersonate", summary="Impersonation token for a team admin")
+    @get("/api/public/coworkers/{coworker_id:str}/impersonate", summary="Impersonation token for a team admin")
     async def team_admin(
-        self, request: Request[Caller, None, State], authority: Authority, coworker_id: CoworkerId
+        self,
+        request: Request[Caller, None, State],
+        authority: AuthorityDep,
+        coworker_id: Annotated[str, PathParameter(pattern=ID_PATTERN, description=_ID_DOC)],
     ) -> MintResponse:
-        return MintResponse(await authority.mint_for_team_admin(request.user, coworker_id))
+        return MintResponse(await authority.mint_for_team_admin(request.user, int(coworker_id)))
 
 
 @post("/api/sys/users/exchange", status_code=HTTP_200_OK, cache_control=NO_STORE, tags=["impersonation"],
       summary="Exchange an impersonation token, once, for a bearer session")  # fmt: skip
-async def exchange(data: ExchangeRequest, authority: Authority) -> Session:
+async def exchange(data: JSONBody[ExchangeRequest], authority: AuthorityDep) -> Session:
     return await authority.exchange(data.token)
 
 
 @get("/.well-known/jwks.json", tags=["discovery"], summary="Published public keys")
-async def jwks(request: Request[Any, Any, State], authority: Authority) -> Response[bytes]:
+async def jwks(request: Request[Any, Any, State], authority: AuthorityDep) -> Response[bytes]:
     keyring = authority.keyring
     headers = {
         "ETag": keyring.etag,
@@ -92,7 +98,7 @@ async def jwks(request: Request[Any, Any, State], authority: Authority) -> Respo
 
 
 @get("/.well-known/openid-configuration", tags=["discovery"], summary="Issuer metadata")
-async def discovery(authority: Authority) -> dict[str, Any]:
+async def discovery(authority: AuthorityDep) -> dict[str, Any]:
     s = authority.settings
     base = s.public_issuer
     return {
@@ -112,7 +118,7 @@ async def healthz() -> Status:
 
 
 @get("/readyz", tags=["probes"], summary="Readiness: Redis answers and a signing key is loaded")
-async def readyz(authority: Authority) -> Status:
+async def readyz(authority: AuthorityDep) -> Status:
     if authority.keyring.signer is None:
         raise Unavailable("no active signing key")
     await authority.allowlist.ping()

@@ -1,0 +1,241 @@
+"""The HTTP contract through the real ASGI app and a real Redis: every status code, problem-details bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+import pytest
+from litestar.testing import TestClient
+
+from tests.conftest import Stack
+
+STAFF = "/api/sys/users/impersonate"
+EXCHANGE = "/api/sys/users/exchange"
+
+
+def team(coworker: int | str) -> str:
+    return f"/api/public/coworkers/{coworker}/impersonate"
+
+
+def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"] == f"urn:authority:problem:{code}"
+    assert body["title"]
+    assert "detail" in body
+    assert "Traceback" not in response.text
+    return body
+
+
+def mint(client: TestClient[Any], stack: Stack, coworker: int = 42, role: str = "operator") -> str:
+    response = client.get(STAFF, params={"coworkerId": coworker}, headers=stack.bearer(role, "7"))
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+def public_key_of(client: TestClient[Any], token: str) -> Any:
+    kid = jwt.get_unverified_header(token)["kid"]
+    jwks = client.get("/.well-known/jwks.json").json()
+    return jwt.PyJWK({k: v for k, v in next(k for k in jwks["keys"] if k["kid"] == kid).items()}).key
+
+
+def test_staff_mint_then_exchange_once(client: TestClient[Any], stack: Stack) -> None:
+    response = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7"))
+    assert response.status_code == 200
+    assert response.json().keys() == {"token"}
+    assert "no-store" in response.headers["cache-control"]
+    token = response.json()["token"]
+
+    header = jwt.get_unverified_header(token)
+    assert header["typ"] == "imp+jwt"
+    assert header["alg"] == "EdDSA"
+    claims = jwt.decode(
+        token, public_key_of(client, token), algorithms=["EdDSA"],
+        audience="http://authority.test/api/sys/users/exchange", issuer="http://authority.test",
+    )  # fmt: skip
+    assert claims["sub"] == "42"
+    assert claims["loc"] == "1"
+    assert claims["act"] == {"sub": "7", "role": "operator"}
+    assert claims["exp"] - claims["iat"] == 60
+    assert len(claims["jti"]) >= 22  # 128 bits, base64url
+
+    exchanged = client.post(EXCHANGE, json={"token": token})
+    assert exchanged.status_code == 200, exchanged.text
+    assert "no-store" in exchanged.headers["cache-control"]
+    session = exchanged.json()
+    assert session.keys() == {"access_token", "token_type", "expires_in", "session_id"}
+    assert session["token_type"] == "Bearer"
+    assert session["expires_in"] == 900
+    access = session["access_token"]
+    assert jwt.get_unverified_header(access)["typ"] == "at+jwt"
+    at = jwt.decode(access, public_key_of(client, access), algorithms=["EdDSA"], audience="portal-api",
+                    issuer="http://authority.test")  # fmt: skip
+    assert at["sub"] == "42"
+    assert at["sid"] == session["session_id"]
+    assert at["act"] == {"sub": "7", "role": "operator"}
+    assert at["client_id"] == "portal"
+    assert at["exp"] - at["iat"] == 900
+    assert at["jti"] != claims["jti"]
+
+    replay = client.post(EXCHANGE, json={"token": token})
+    assert_problem(replay, 401, "token-replayed")
+
+
+def test_admin_may_mint_too(client: TestClient[Any], stack: Stack) -> None:
+    token = mint(client, stack, coworker=99, role="admin")
+    assert jwt.decode(token, options={"verify_signature": False})["act"]["role"] == "admin"
+
+
+def test_team_admin_mints_for_own_team_member(client: TestClient[Any], stack: Stack) -> None:
+    response = client.get(team(43), headers=stack.bearer("team-admin", "5"))
+    assert response.status_code == 200, response.text
+    claims = jwt.decode(response.json()["token"], options={"verify_signature": False})
+    assert claims["sub"] == "43"
+    assert claims["act"] == {"sub": "5", "role": "team-admin"}
+    assert client.post(EXCHANGE, json={"token": response.json()["token"]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("coworker", "why"),
+    [(99, "in location, not in the team"), (200, "other location"), (5, "the team admin themself"),
+     (12345, "nobody")],
+)  # fmt: skip
+def test_team_admin_gets_404_outside_own_teams(
+    client: TestClient[Any], stack: Stack, coworker: int, why: str
+) -> None:
+    body = assert_problem(client.get(team(coworker), headers=stack.bearer("team-admin", "5")), 404,
+                          "coworker-not-found")  # fmt: skip
+    assert str(coworker) in body["detail"], why
+
+
+def test_member_who_administers_nothing_gets_the_same_404(client: TestClient[Any], stack: Stack) -> None:
+    assert_problem(client.get(team(43), headers=stack.bearer("customer", "42")), 404, "coworker-not-found")
+
+
+def test_staff_on_the_public_path_is_forbidden(client: TestClient[Any], stack: Stack) -> None:
+    assert_problem(client.get(team(42), headers=stack.bearer("operator", "7")), 403, "forbidden")
+
+
+@pytest.mark.parametrize("coworker", [200, 100000, 10**18 - 1])
+def test_staff_404_for_coworker_outside_location(client: TestClient[Any], stack: Stack, coworker: int) -> None:
+    response = client.get(STAFF, params={"coworkerId": coworker}, headers=stack.bearer("operator", "7"))
+    assert_problem(response, 404, "coworker-not-found")
+
+
+def test_location_is_the_callers(client: TestClient[Any], stack: Stack) -> None:
+    response = client.get(STAFF, params={"coworkerId": 200}, headers=stack.bearer("operator", "7", location="2"))
+    assert response.status_code == 200
+    assert jwt.decode(response.json()["token"], options={"verify_signature": False})["loc"] == "2"
+
+
+@pytest.mark.parametrize(
+    "query", [{}, {"coworkerId": ""}, {"coworkerId": "abc"}, {"coworkerId": "0"}, {"coworkerId": "-4"},
+              {"coworkerId": "4.5"}, {"coworkerId": "1e3"}, {"coworkerId": "+5"}, {"coworkerId": " 5"}, {"coworkerId": "05"},
+              {"coworkerId": str(10**18)}],
+)  # fmt: skip
+def test_staff_400_for_bad_coworker_id(client: TestClient[Any], stack: Stack, query: dict[str, str]) -> None:
+    assert_problem(client.get(STAFF, params=query, headers=stack.bearer("operator", "7")), 400, "invalid-request")
+
+
+@pytest.mark.parametrize("coworker", ["abc", "0", "-1", "1.5", "1e3", "%2B5", "0042"])
+def test_public_path_rejects_bad_ids(client: TestClient[Any], stack: Stack, coworker: str) -> None:
+    assert_problem(client.get(team(coworker), headers=stack.bearer("team-admin", "5")), 400, "invalid-request")
+
+
+def test_customer_session_gets_401_on_staff_endpoint(client: TestClient[Any], stack: Stack) -> None:
+    response = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("customer", "43"))
+    assert_problem(response, 401, "customer-session")
+
+
+@pytest.mark.parametrize("role", ["guest", "superuser", ""])
+def test_unknown_role_is_forbidden(client: TestClient[Any], stack: Stack, role: str) -> None:
+    response = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7", claims={"role": role}))
+    assert_problem(response, 403, "forbidden")
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c", "Bearer " + "x" * 5000],
+)
+def test_401_without_a_valid_bearer(client: TestClient[Any], authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = client.get(STAFF, params={"coworkerId": 42}, headers=headers)
+    assert_problem(response, 401, "unauthenticated")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_unauthenticated_caller_learns_nothing_about_parameters(client: TestClient[Any]) -> None:
+    assert_problem(client.get(STAFF, params={"coworkerId": "abc"}), 401, "unauthenticated")
+
+
+def test_impersonated_session_cannot_impersonate(client: TestClient[Any], stack: Stack) -> None:
+    session = client.post(EXCHANGE, json={"token": mint(client, stack)}).json()
+    bearer = {"Authorization": f"Bearer {session['access_token']}"}
+    assert_problem(client.get(STAFF, params={"coworkerId": 43}, headers=bearer), 403, "nested-impersonation")
+    assert_problem(client.get(team(43), headers=bearer), 403, "nested-impersonation")
+
+
+def test_caller_token_with_act_is_nested(client: TestClient[Any], stack: Stack) -> None:
+    headers = stack.bearer("operator", "7", claims={"act": {"sub": "1"}})
+    assert_problem(client.get(STAFF, params={"coworkerId": 42}, headers=headers), 403, "nested-impersonation")
+
+
+def test_impersonation_token_is_not_a_bearer(client: TestClient[Any], stack: Stack) -> None:
+    bearer = {"Authorization": f"Bearer {mint(client, stack)}"}
+    assert_problem(client.get(STAFF, params={"coworkerId": 43}, headers=bearer), 401, "unauthenticated")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"null", b"[]", b'"token"', b"{}", b'{"token": 5}', b'{"token": ""}', b'{"token": null}',
+     b'{"token": "a", "extra": 1}', b"{not json", b'{"token": "' + b"a" * 5000 + b'"}'],
+)  # fmt: skip
+def test_exchange_400_for_malformed_body(client: TestClient[Any], body: bytes) -> None:
+    response = client.post(EXCHANGE, content=body, headers={"content-type": "application/json"})
+    assert_problem(response, 400, "invalid-request")
+
+
+def test_exchange_refuses_oversized_body(client: TestClient[Any]) -> None:
+    response = client.post(EXCHANGE, content=b'{"token": "' + b"a" * 20000 + b'"}',
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert_problem(response, 413, "body-too-large")
+
+
+@pytest.mark.parametrize("token", ["garbage", "a.b.c", "a.b", "...", "eyJhbGciOiJub25lIn0.e30."])
+def test_exchange_401_for_garbage_tokens(client: TestClient[Any], token: str) -> None:
+    assert_problem(client.post(EXCHANGE, json={"token": token}), 401, "invalid-token")
+
+
+def test_jwks_and_discovery(client: TestClient[Any]) -> None:
+    response = client.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    assert "max-age=300" in response.headers["cache-control"]
+    keys = response.json()["keys"]
+    assert len(keys) == 1
+    assert keys[0]["kty"] == "OKP"
+    assert keys[0]["alg"] == "EdDSA"
+    assert keys[0]["use"] == "sig"
+    assert "d" not in keys[0]
+    not_modified = client.get("/.well-known/jwks.json", headers={"If-None-Match": response.headers["etag"]})
+    assert not_modified.status_code == 304
+
+    meta = client.get("/.well-known/openid-configuration").json()
+    assert meta["issuer"] == "http://authority.test"
+    assert meta["jwks_uri"] == "http://authority.test/.well-known/jwks.json"
+    assert meta["exchange_endpoint"] == "http://authority.test/api/sys/users/exchange"
+
+
+def test_probes_and_schema(client: TestClient[Any]) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    paths = client.get("/schema/openapi.json").json()["paths"]
+    assert {STAFF, EXCHANGE, "/.well-known/jwks.json"} <= paths.keys()
+
+
+def test_unknown_path_is_a_problem(client: TestClient[Any]) -> None:
+    assert_problem(client.get("/nope"), 404, "not-found")
+    assert_problem(client.delete(EXCHANGE), 405, "method-not-allowed")
