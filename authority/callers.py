@@ -130,8 +130,14 @@ class Trust:
         if claims.aud != self._settings.session_audience:
             raise Unauthenticated("bearer token is for another audience")
         s = self._settings
-        check_times(iat=claims.iat, nbf=claims.nbf, exp=claims.exp, now=now, leeway=s.clock_skew_s,
-                    max_life=s.session_max_ttl_s)  # fmt: skip
+        check_times(
+            iat=claims.iat,
+            nbf=claims.nbf,
+            exp=claims.exp,
+            now=now,
+            leeway=s.clock_skew_s,
+            max_life=s.session_max_ttl_s,
+        )
         return Caller(claims.iss, claims.sub, None, claims.loc, None, impersonated=True)
 
     async def _trusted(self, token: str, header: dict[str, Any], issuer: str, now: int) -> Caller:

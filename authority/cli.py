@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -38,8 +39,16 @@ def _serve(args: argparse.Namespace) -> int:
             issuers = [*config.trusted_issuers, demo.trusted_demo_issuer(config.keys_path)]
             config = msgspec.structs.replace(config, trusted_issuers=issuers)
         app = create_app(config)
+        # uvicorn re-raises the stop signal once it has shut down; exit cleanly instead, so the ExitStack
+        # still stops the embedded server rather than leaving it orphaned.
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, _exit_cleanly)
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _dev_token(args: argparse.Namespace) -> int:

@@ -49,9 +49,11 @@ def demo_key(keys_dir: Path) -> ed25519.Ed25519PrivateKey:
 def trusted_demo_issuer(keys_dir: Path) -> TrustedIssuer:
     demo_key(keys_dir)
     return TrustedIssuer(
-        issuer=DEMO_ISSUER, audiences=[DEMO_AUDIENCE], jwks_file=str(_folder(keys_dir) / "jwks.json"),
+        issuer=DEMO_ISSUER,
+        audiences=[DEMO_AUDIENCE],
+        jwks_file=str(_folder(keys_dir) / "jwks.json"),
         algorithms=["EdDSA"],
-    )  # fmt: skip
+    )
 
 
 def dev_token(keys_dir: Path, *, role: str, sub: str, location: str, ttl: int = 3600) -> str:
@@ -61,9 +63,15 @@ def dev_token(keys_dir: Path, *, role: str, sub: str, location: str, ttl: int = 
     key = demo_key(keys_dir)
     now = int(time.time())
     claims = {
-        "iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": sub, "loc": location,
+        "iss": DEMO_ISSUER,
+        "aud": DEMO_AUDIENCE,
+        "sub": sub,
+        "loc": location,
         "role": "customer" if role == "team-admin" else role,
-        "iat": now, "nbf": now, "exp": now + ttl, "jti": secrets.token_urlsafe(16),
-    }  # fmt: skip
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        "jti": secrets.token_urlsafe(16),
+    }
     kid = public_jwk(key.public_key(), "EdDSA")["kid"]
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid, "typ": "at+jwt"})

@@ -55,10 +55,24 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-            "--dir", str(self.data_dir.resolve()), "--save", "", "--daemonize", "no",
-            "--appendonly", "yes" if self.persist else "no", "--logfile", str((self.data_dir / "server.log").resolve()),
-        ]  # fmt: skip
+            server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--logfile",
+            str((self.data_dir / "server.log").resolve()),
+        ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

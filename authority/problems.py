@@ -11,46 +11,69 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsException
+from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 
 from authority import audit
 from authority.refusals import Refusal
 
 PROBLEM_BASE = "urn:authority:problem:"
-_HTTP_CODES = {400: "invalid-request", 404: "not-found", 405: "method-not-allowed", 413: "body-too-large", 415: "unsupported-media-type"}
+_HTTP_CODES = {
+    400: "invalid-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "body-too-large",
+    415: "unsupported-media-type",
+}
 logger = logging.getLogger("authority")
 
 
 def _respond(
     request: Request[Any, Any, Any], problem: ProblemDetailsException, code: str, **context: str | None
 ) -> Response[Any]:
-    audit.emit("refusal", code, status=problem.status_code, method=request.method, path=request.url.path,
-               reason=problem.detail, **context)  # fmt: skip
+    audit.emit(
+        "refusal",
+        code,
+        status=problem.status_code,
+        method=request.method,
+        path=request.url.path,
+        reason=problem.detail,
+        **context,
+    )
     return problem.to_response(request)
 
 
 def on_refusal(request: Request[Any, Any, Any], exc: Refusal) -> Response[Any]:
     problem = ProblemDetailsException(
-        detail=exc.detail, status_code=exc.status, headers=exc.headers or None,
-        type_=PROBLEM_BASE + exc.code, title=exc.title,
-    )  # fmt: skip
+        detail=exc.detail,
+        status_code=exc.status,
+        headers=exc.headers or None,
+        type_=PROBLEM_BASE + exc.code,
+        title=exc.title,
+    )
     return _respond(request, problem, exc.code, **exc.context)
 
 
 def on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     problem = ProblemDetailsException(
-        detail=exc.detail, status_code=400, type_=PROBLEM_BASE + "invalid-request",
-        title="The request is malformed", extra={"errors": exc.extra} if exc.extra else None,
-    )  # fmt: skip
+        detail=exc.detail,
+        status_code=400,
+        type_=PROBLEM_BASE + "invalid-request",
+        title="The request is malformed",
+        extra={"errors": exc.extra} if exc.extra else None,
+    )
     return _respond(request, problem, "invalid-request")
 
 
 def on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = _HTTP_CODES.get(exc.status_code, f"http-{exc.status_code}")
     problem = ProblemDetailsException(
-        detail=exc.detail, status_code=exc.status_code, headers=exc.headers, type_=PROBLEM_BASE + code,
+        detail=exc.detail,
+        status_code=exc.status_code,
+        headers=exc.headers,
+        type_=PROBLEM_BASE + code,
         title=exc.detail,
-    )  # fmt: skip
+    )
     return _respond(request, problem, code)
 
 
@@ -58,9 +81,12 @@ def on_redis(request: Request[Any, Any, Any], exc: RedisError) -> Response[Any]:
     """Redis unreachable or failing: fail closed with 503, whatever the request was."""
     logger.warning("redis error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     problem = ProblemDetailsException(
-        detail="the token store is unreachable; nothing was issued or accepted", status_code=503,
-        headers={"Retry-After": "1"}, type_=PROBLEM_BASE + "unavailable", title="Service unavailable",
-    )  # fmt: skip
+        detail="the token store is unreachable; nothing was issued or accepted",
+        status_code=503,
+        headers={"Retry-After": "1"},
+        type_=PROBLEM_BASE + "unavailable",
+        title="Service unavailable",
+    )
     return _respond(request, problem, "unavailable")
 
 
@@ -72,7 +98,7 @@ def on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return problem.to_response(request)
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     Refusal: on_refusal,
     ValidationException: on_validation,
     HTTPException: on_http,

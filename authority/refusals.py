@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 
-class Refusal(Exception):  # noqa: N818 - a refusal is an outcome, not a programming error
+class Refusal(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "invalid-request"
     title: ClassVar[str] = "The request is malformed"

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
+from litestar.types import ControllerRouterHandler
 
 from authority.callers import Caller, Trust
 from authority.impersonation import Authority, Session
@@ -79,8 +80,13 @@ class MintController(Controller):
         return MintResponse(await authority.mint_for_team_admin(request.user, int(coworker_id)))
 
 
-@post("/api/sys/users/exchange", status_code=HTTP_200_OK, cache_control=NO_STORE, tags=["impersonation"],
-      summary="Exchange an impersonation token, once, for a bearer session")  # fmt: skip
+@post(
+    "/api/sys/users/exchange",
+    status_code=HTTP_200_OK,
+    cache_control=NO_STORE,
+    tags=["impersonation"],
+    summary="Exchange an impersonation token, once, for a bearer session",
+)
 async def exchange(data: JSONBody[ExchangeRequest], authority: AuthorityDep) -> Session:
     return await authority.exchange(data.token)
 
@@ -125,5 +131,5 @@ async def readyz(authority: AuthorityDep) -> Status:
     return Status("ready")
 
 
-ROUTES = [MintController, exchange, jwks, discovery, healthz, readyz]
+ROUTES: list[ControllerRouterHandler] = [MintController, exchange, jwks, discovery, healthz, readyz]
 DEPENDENCIES = {"authority": Provide(provide_authority, sync_to_thread=False)}

@@ -93,7 +93,7 @@ _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(\w+)`$")
 _JSON_FIELDS = {"trusted_issuers"}
 
 
-def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:
     """Build Settings from ``AUTHORITY_*`` variables; ``overrides`` (from CLI flags) win over the environment."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
@@ -118,5 +118,5 @@ def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Setti
         unknown = _UNKNOWN_FIELD.match(text)
         if unknown:
             raise SettingsError(f"unknown variable {PREFIX}{unknown.group(1).upper()}") from None
-        field = _FIELD_PATH.search(text)
-        raise SettingsError(f"{PREFIX}{field.group(1).upper()}: {text}" if field else text) from None
+        where = _FIELD_PATH.search(text)
+        raise SettingsError(f"{PREFIX}{where.group(1).upper()}: {text}" if where else text) from None

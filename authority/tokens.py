@@ -75,19 +75,42 @@ def impersonation_claims(
     *, issuer: str, audience: str, coworker_id: int, location: str, actor: Actor, jti: str, now: int, ttl: int
 ) -> ImpersonationClaims:
     return ImpersonationClaims(
-        iss=issuer, aud=audience, sub=str(coworker_id), jti=jti, iat=now, nbf=now, exp=now + ttl,
-        loc=location, act=actor,
-    )  # fmt: skip
+        iss=issuer,
+        aud=audience,
+        sub=str(coworker_id),
+        jti=jti,
+        iat=now,
+        nbf=now,
+        exp=now + ttl,
+        loc=location,
+        act=actor,
+    )
 
 
 def access_claims(
-    grant: ImpersonationClaims, *, issuer: str, audience: str, client_id: str, jti: str, sid: str, now: int,
+    grant: ImpersonationClaims,
+    *,
+    issuer: str,
+    audience: str,
+    client_id: str,
+    jti: str,
+    sid: str,
+    now: int,
     ttl: int,
 ) -> AccessClaims:
     return AccessClaims(
-        iss=issuer, aud=audience, sub=grant.sub, client_id=client_id, jti=jti, sid=sid, iat=now, nbf=now,
-        exp=now + ttl, loc=grant.loc, act=grant.act,
-    )  # fmt: skip
+        iss=issuer,
+        aud=audience,
+        sub=grant.sub,
+        client_id=client_id,
+        jti=jti,
+        sid=sid,
+        iat=now,
+        nbf=now,
+        exp=now + ttl,
+        loc=grant.loc,
+        act=grant.act,
+    )
 
 
 def sign(claims: msgspec.Struct, key: LoadedKey, typ: str) -> str:

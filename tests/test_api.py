@@ -54,9 +54,12 @@ def test_staff_mint_then_exchange_once(client: TestClient[Any], stack: Stack) ->
     assert header["typ"] == "imp+jwt"
     assert header["alg"] == "EdDSA"
     claims = jwt.decode(
-        token, public_key_of(client, token), algorithms=["EdDSA"],
-        audience="http://authority.test/api/sys/users/exchange", issuer="http://authority.test",
-    )  # fmt: skip
+        token,
+        public_key_of(client, token),
+        algorithms=["EdDSA"],
+        audience="http://authority.test/api/sys/users/exchange",
+        issuer="http://authority.test",
+    )
     assert claims["sub"] == "42"
     assert claims["loc"] == "1"
     assert claims["act"] == {"sub": "7", "role": "operator"}
@@ -72,8 +75,13 @@ def test_staff_mint_then_exchange_once(client: TestClient[Any], stack: Stack) ->
     assert session["expires_in"] == 900
     access = session["access_token"]
     assert jwt.get_unverified_header(access)["typ"] == "at+jwt"
-    at = jwt.decode(access, public_key_of(client, access), algorithms=["EdDSA"], audience="portal-api",
-                    issuer="http://authority.test")  # fmt: skip
+    at = jwt.decode(
+        access,
+        public_key_of(client, access),
+        algorithms=["EdDSA"],
+        audience="portal-api",
+        issuer="http://authority.test",
+    )
     assert at["sub"] == "42"
     assert at["sid"] == session["session_id"]
     assert at["act"] == {"sub": "7", "role": "operator"}
@@ -101,14 +109,17 @@ def test_team_admin_mints_for_own_team_member(client: TestClient[Any], stack: St
 
 @pytest.mark.parametrize(
     ("coworker", "why"),
-    [(99, "in location, not in the team"), (200, "other location"), (5, "the team admin themself"),
-     (12345, "nobody")],
-)  # fmt: skip
-def test_team_admin_gets_404_outside_own_teams(
-    client: TestClient[Any], stack: Stack, coworker: int, why: str
-) -> None:
-    body = assert_problem(client.get(team(coworker), headers=stack.bearer("team-admin", "5")), 404,
-                          "coworker-not-found")  # fmt: skip
+    [
+        (99, "in location, not in the team"),
+        (200, "other location"),
+        (5, "the team admin themself"),
+        (12345, "nobody"),
+    ],
+)
+def test_team_admin_gets_404_outside_own_teams(client: TestClient[Any], stack: Stack, coworker: int, why: str) -> None:
+    body = assert_problem(
+        client.get(team(coworker), headers=stack.bearer("team-admin", "5")), 404, "coworker-not-found"
+    )
     assert str(coworker) in body["detail"], why
 
 
@@ -133,10 +144,21 @@ def test_location_is_the_callers(client: TestClient[Any], stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", [{}, {"coworkerId": ""}, {"coworkerId": "abc"}, {"coworkerId": "0"}, {"coworkerId": "-4"},
-              {"coworkerId": "4.5"}, {"coworkerId": "1e3"}, {"coworkerId": "+5"}, {"coworkerId": " 5"}, {"coworkerId": "05"},
-              {"coworkerId": str(10**18)}],
-)  # fmt: skip
+    "query",
+    [
+        {},
+        {"coworkerId": ""},
+        {"coworkerId": "abc"},
+        {"coworkerId": "0"},
+        {"coworkerId": "-4"},
+        {"coworkerId": "4.5"},
+        {"coworkerId": "1e3"},
+        {"coworkerId": "+5"},
+        {"coworkerId": " 5"},
+        {"coworkerId": "05"},
+        {"coworkerId": str(10**18)},
+    ],
+)
 def test_staff_400_for_bad_coworker_id(client: TestClient[Any], stack: Stack, query: dict[str, str]) -> None:
     assert_problem(client.get(STAFF, params=query, headers=stack.bearer("operator", "7")), 400, "invalid-request")
 
@@ -153,13 +175,24 @@ def test_customer_session_gets_401_on_staff_endpoint(client: TestClient[Any], st
 
 @pytest.mark.parametrize("role", ["guest", "superuser", ""])
 def test_unknown_role_is_forbidden(client: TestClient[Any], stack: Stack, role: str) -> None:
-    response = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7", claims={"role": role}))
+    response = client.get(
+        STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7", claims={"role": role})
+    )
     assert_problem(response, 403, "forbidden")
 
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c", "Bearer " + "x" * 5000],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer not-a-jwt",
+        "Bearer a.b.c",
+        "Bearer " + "x" * 5000,
+    ],
 )
 def test_401_without_a_valid_bearer(client: TestClient[Any], authorization: str | None) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
@@ -191,17 +224,29 @@ def test_impersonation_token_is_not_a_bearer(client: TestClient[Any], stack: Sta
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"null", b"[]", b'"token"', b"{}", b'{"token": 5}', b'{"token": ""}', b'{"token": null}',
-     b'{"token": "a", "extra": 1}', b"{not json", b'{"token": "' + b"a" * 5000 + b'"}'],
-)  # fmt: skip
+    [
+        b"",
+        b"null",
+        b"[]",
+        b'"token"',
+        b"{}",
+        b'{"token": 5}',
+        b'{"token": ""}',
+        b'{"token": null}',
+        b'{"token": "a", "extra": 1}',
+        b"{not json",
+        b'{"token": "' + b"a" * 5000 + b'"}',
+    ],
+)
 def test_exchange_400_for_malformed_body(client: TestClient[Any], body: bytes) -> None:
     response = client.post(EXCHANGE, content=body, headers={"content-type": "application/json"})
     assert_problem(response, 400, "invalid-request")
 
 
 def test_exchange_refuses_oversized_body(client: TestClient[Any]) -> None:
-    response = client.post(EXCHANGE, content=b'{"token": "' + b"a" * 20000 + b'"}',
-                           headers={"content-type": "application/json"})  # fmt: skip
+    response = client.post(
+        EXCHANGE, content=b'{"token": "' + b"a" * 20000 + b'"}', headers={"content-type": "application/json"}
+    )
     assert_problem(response, 413, "body-too-large")
 
 

@@ -40,9 +40,7 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
 def seal(key: PrivateKey, passphrase: str | None) -> tuple[str, bool]:
     """PEM of ``key``: encrypted when a passphrase is given (the only choice outside demo mode)."""
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase.encode())
-        if passphrase
-        else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(passphrase.encode()) if passphrase else serialization.NoEncryption()
     )
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     return pem.decode("ascii"), bool(passphrase)
@@ -56,7 +54,8 @@ def unseal(record: KeyRecord, passphrase: str | None, *, demo: bool, source: str
         raise KeyStoreError(f"{source}: private key is encrypted; set AUTHORITY_KEY_PASSPHRASE")
     try:
         key = serialization.load_pem_private_key(
-            record.private_pem.encode("ascii"), passphrase.encode() if record.encrypted and passphrase else None
+            record.private_pem.encode("ascii"),
+            passphrase.encode() if record.encrypted and passphrase else None,
         )
     except (ValueError, TypeError) as exc:
         raise KeyStoreError(f"{source}: cannot decrypt private key (wrong AUTHORITY_KEY_PASSPHRASE?)") from exc

@@ -1,0 +1,42 @@
+"""Redis lost means refuse, never accept: 503 while it is down, and a token minted before the loss is dead."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from authority.embedded import EmbeddedRedis
+from tests.conftest import Stack
+from tests.test_api import EXCHANGE, STAFF, assert_problem
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A server of this test's own, so stopping it disturbs no other test (no persistence: a restart loses data)."""
+    with EmbeddedRedis(tmp_path / "redis", persist=False) as server:
+        yield server
+
+
+def test_redis_down_is_503_and_restart_refuses_old_tokens(
+    private_redis: EmbeddedRedis, make_stack: Callable[..., Stack]
+) -> None:
+    stack = make_stack(redis_url=private_redis.url)
+    operator = stack.bearer("operator", "7")
+    with stack.client() as client:
+        before = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
+
+        private_redis.stop()
+        assert_problem(client.get(STAFF, params={"coworkerId": 43}, headers=operator), 503, "unavailable")
+        down = client.post(EXCHANGE, json={"token": before})
+        assert_problem(down, 503, "unavailable")
+        assert down.headers["retry-after"] == "1"
+        assert_problem(client.get("/readyz"), 503, "unavailable")
+        assert client.get("/healthz").status_code == 200  # alive, just not ready
+
+        private_redis.start()
+        assert_problem(client.post(EXCHANGE, json={"token": before}), 401, "token-not-issued")
+        after = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
+        assert client.post(EXCHANGE, json={"token": after}).status_code == 200
+        assert client.get("/readyz").status_code == 200

@@ -1,0 +1,37 @@
+"""Single use under concurrency: many simultaneous exchanges of one token, through the real app and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from authority.app import create_app
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_fifty_concurrent_exchanges_of_one_token_yield_exactly_one_session(stack: Stack) -> None:
+    async with AsyncTestClient(create_app(stack.settings)) as client:
+        minted = await client.get(
+            "/api/sys/users/impersonate", params={"coworkerId": 42}, headers=stack.bearer("operator", "7")
+        )
+        token = minted.json()["token"]
+
+        async def exchange() -> Any:
+            return await client.post("/api/sys/users/exchange", json={"token": token})
+
+        responses = await asyncio.gather(*(exchange() for _ in range(50)))
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] + [401] * 49
+    refused = [r.json()["type"] for r in responses if r.status_code == 401]
+    assert set(refused) == {"urn:authority:problem:token-replayed"}
