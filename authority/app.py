@@ -1,8 +1,14 @@
-"""The Litestar application: configuration in, a wired app out. Keys and directory load before the server
-listens, so a bad key file or passphrase stops the start with a clear message instead of failing requests."""
+"""The Litestar application: configuration in, a wired app out.
+
+Local key files and the directory are checked before the server listens, so a bad key file or passphrase stops
+the start with a clear message instead of failing requests. Keys then rotate in a background task.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -11,14 +17,18 @@ from pathlib import Path
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from authority import problems, routes
 from authority.callers import Trust
 from authority.directory import DEMO_DIRECTORY, FileDirectory
 from authority.impersonation import Authority
-from authority.keys import FileKeyStore, open_keyring
+from authority.keys import FileKeyStore, KeyManager, KeyStore, KeyStoreError, RedisKeyStore, RotationLock, Schedule
+from authority.keys.keyring import unseal_record
 from authority.replay import Allowlist
 from authority.settings import Settings, SettingsError
+
+logger = logging.getLogger("authority")
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -32,26 +42,67 @@ def connect_redis(settings: Settings) -> Redis:
     )
 
 
-def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Litestar:
+def key_manager(settings: Settings, redis: Redis, clock: Callable[[], float]) -> KeyManager:
+    store: KeyStore = (
+        RedisKeyStore(redis, settings.redis_prefix)
+        if settings.key_store == "redis"
+        else FileKeyStore(settings.keys_path)
+    )
+    schedule = Schedule(settings.key_rotation_s, settings.key_prepublish_s, settings.key_retention_s)
+    return KeyManager(
+        store,
+        RotationLock(redis, settings.redis_prefix),
+        alg=settings.key_alg,
+        passphrase=settings.key_passphrase,
+        demo=settings.demo,
+        schedule=schedule,
+        clock=clock,
+    )
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse, before listening, what would only fail later: missing production settings, unusable key files."""
     if not settings.demo:
         if not settings.trusted_issuers:
             raise SettingsError("AUTHORITY_TRUSTED_ISSUERS is empty: no caller could ever mint")
         if not settings.directory_file:
             raise SettingsError("AUTHORITY_DIRECTORY_FILE is required outside --demo")
+        if not settings.key_passphrase:
+            raise SettingsError("AUTHORITY_KEY_PASSPHRASE is required outside --demo: private keys are encrypted")
     connect_redis(settings)  # validates the URL now rather than at the first request
-    keyring = open_keyring(
-        FileKeyStore(settings.keys_path), settings.key_alg, settings.key_passphrase, demo=settings.demo
-    )
+    if settings.key_store == "file":
+        store = FileKeyStore(settings.keys_path)
+        for record in store.load_sync():
+            unseal_record(record, settings.key_passphrase, demo=settings.demo, source=str(store))
+
+
+async def start_keys(keys: KeyManager) -> None:
+    """First round of the schedule. With Redis down, serve what local files hold; readiness tells the rest."""
+    try:
+        await keys.tick()
+    except RedisError as exc:
+        logger.warning("key schedule not run at start (%s); retrying in the background", type(exc).__name__)
+        with contextlib.suppress(RedisError, KeyStoreError):
+            await keys.refresh()
+
+
+def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Litestar:
+    check_settings(settings)
     directory = FileDirectory(Path(settings.directory_file) if settings.directory_file else DEMO_DIRECTORY)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = connect_redis(settings)
-        authority = Authority(settings, keyring, Allowlist(redis, settings.redis_prefix), directory, clock)
-        app.state.authority = authority
+        keys = key_manager(settings, redis, clock)
+        app.state.authority = Authority(settings, keys, Allowlist(redis, settings.redis_prefix), directory, clock)
+        await start_keys(keys)
+        rotation = asyncio.create_task(keys.run(settings.key_refresh_s))
         try:
             yield
         finally:
+            rotation.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rotation
             await redis.aclose()
 
     app = Litestar(

@@ -123,7 +123,7 @@ class Trust:
     def _own_session(self, token: str, header: dict[str, Any], now: int) -> Caller:
         if not typ_matches(header, ACCESS_TYP):
             raise Unauthenticated(f"only {ACCESS_TYP} tokens of this authority are accepted as bearers")
-        key = self._keyring().verifier(header["kid"])
+        key = self._keyring().verifier(header["kid"], now, self._settings.clock_skew_s)
         if key is None:
             raise Unauthenticated("bearer token is signed by an unknown key")
         claims = decode_claims(verify_signature(token, key.public, key.alg, header), AccessClaims)

@@ -1,4 +1,4 @@
-"""``authority`` command line: ``serve`` the API, print a demo ``dev-token``.
+"""``authority`` command line: ``serve`` the API, manage ``keys``, print a demo ``dev-token``.
 
 ``--demo`` is the one switch that allows plain-PEM keys, a private embedded Redis and the demo issuer; nothing in
 the environment can turn those on.
@@ -7,20 +7,27 @@ the environment can turn those on.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import uvicorn
+from redis.exceptions import RedisError
 
 from authority import demo, settings
-from authority.app import create_app
+from authority.app import connect_redis, create_app, key_manager
 from authority.embedded import EmbeddedRedis
 from authority.keys import KeyStoreError
+from authority.keys.lifecycle import state
+
+REDIS_URL_FILE = "redis.url"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -35,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
             if not config.redis_url:
                 server = stack.enter_context(EmbeddedRedis(Path(config.data_dir) / "valkey"))
                 print(f"demo: private Redis-compatible server at {server.url}", file=sys.stderr)
+                (Path(config.data_dir) / REDIS_URL_FILE).write_text(server.url)
                 config = msgspec.structs.replace(config, redis_url=server.url)
             issuers = [*config.trusted_issuers, demo.trusted_demo_issuer(config.keys_path)]
             config = msgspec.structs.replace(config, trusted_issuers=issuers)
@@ -45,6 +53,43 @@ def _serve(args: argparse.Namespace) -> int:
             signal.signal(stop, _exit_cleanly)
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    config = settings.load(demo=args.demo)
+    if config.demo and not config.redis_url:
+        url_file = Path(config.data_dir) / REDIS_URL_FILE
+        if not url_file.exists():
+            raise settings.SettingsError(f"no demo server is running here ({url_file} is missing)")
+        config = msgspec.structs.replace(config, redis_url=url_file.read_text().strip())
+    return asyncio.run(_keys_command(config, args))
+
+
+async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> int:
+    redis = connect_redis(config)
+    try:
+        keys = key_manager(config, redis, time.time)
+        if args.keys_command == "rotate":
+            await keys.rotate_now()
+        elif args.keys_command == "retire":
+            if args.kid not in {r.kid for r in await keys.store.load()}:
+                raise ValueError(f"no key {args.kid}")
+            await keys.retire(args.kid)
+        records = await keys.store.load()
+    finally:
+        await redis.aclose()
+    now = int(time.time())
+    print(f"{'kid':44} {'alg':6} {'state':9} {'created':20} {'activates':20} retires")
+    for r in sorted(records, key=lambda r: r.activates_at):
+        print(
+            f"{r.kid:44} {r.alg:6} {state(r, now):9} {_when(r.created_at)} {_when(r.activates_at)} "
+            f"{_when(r.retires_at) if r.retires_at else '-'}"
+        )
+    return 0
+
+
+def _when(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -65,6 +110,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (AUTHORITY_HOST)")
     serve.add_argument("--port", type=int, help="listen port (AUTHORITY_PORT)")
     serve.set_defaults(run=_serve)
+    keys = commands.add_parser("keys", help="list, rotate or retire signing keys (same settings as serve)")
+    keys.add_argument("--demo", action="store_true", help="act on the keys of a running `serve --demo` here")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    actions.add_parser("list", help="kid, alg, state, created, activates, retires")
+    actions.add_parser("rotate", help="publish a successor now; it signs after AUTHORITY_KEY_PREPUBLISH_S")
+    retire = actions.add_parser("retire", help="emergency: KID leaves the JWKS at once, its tokens stop verifying")
+    retire.add_argument("kid")
+    keys.set_defaults(run=_keys)
     token = commands.add_parser("dev-token", help="print a caller bearer token from the demo issuer")
     token.add_argument("--role", required=True, choices=demo.ROLES)
     token.add_argument("--sub", required=True, help="caller id (a team admin's coworker id)")
@@ -79,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         code: int = args.run(args)
-    except (settings.SettingsError, KeyStoreError, ValueError) as exc:
+    except (settings.SettingsError, KeyStoreError, ValueError, TimeoutError, RedisError) as exc:
         print(f"authority: {exc}", file=sys.stderr)
         return 2
     return code

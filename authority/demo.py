@@ -15,8 +15,8 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from authority.keys.file_store import read_private, write_private
 from authority.keys.jwk import public_jwk
-from authority.keys.store import read_private, write_private
 from authority.settings import TrustedIssuer
 
 DEMO_ISSUER = "urn:authority:demo-issuer"

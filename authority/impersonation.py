@@ -15,7 +15,7 @@ import msgspec
 from authority import audit
 from authority.callers import Caller, require_member, require_staff
 from authority.directory import Directory
-from authority.keys import Keyring, LoadedKey
+from authority.keys import KeyManager, Keyring, LoadedKey
 from authority.refusals import CoworkerNotFound, TokenNotIssued, TokenReplayed, Unavailable
 from authority.replay import Allowlist, Outcome
 from authority.settings import Settings
@@ -46,16 +46,20 @@ class Authority:
     def __init__(
         self,
         settings: Settings,
-        keyring: Keyring,
+        keys: KeyManager,
         allowlist: Allowlist,
         directory: Directory,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.keyring = keyring
+        self.keys = keys
         self.allowlist = allowlist
         self.directory = directory
         self.clock = clock
+
+    @property
+    def keyring(self) -> Keyring:
+        return self.keys.keyring
 
     def _signer(self) -> LoadedKey:
         signer = self.keyring.signer

@@ -55,6 +55,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     keys_dir: str = "keys"
     key_passphrase: str | None = None
     key_alg: SigningAlg = "EdDSA"
+    key_store: Literal["file", "redis"] = "file"
+    key_rotation_s: Annotated[int, msgspec.Meta(ge=60)] = 86400
+    key_prepublish_s: Seconds = 3600
+    key_grace_s: Annotated[int, msgspec.Meta(ge=0)] = 300
+    key_refresh_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     impersonation_ttl_s: Annotated[int, msgspec.Meta(ge=5, le=600)] = 60
     session_ttl_s: Seconds = 900
     session_max_ttl_s: Seconds = 3600
@@ -72,6 +77,17 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     def __post_init__(self) -> None:
         if self.session_ttl_s > self.session_max_ttl_s:
             raise ValueError("session_ttl_s must not exceed session_max_ttl_s")
+        if self.key_prepublish_s < self.jwks_max_age_s:
+            raise ValueError(
+                "key_prepublish_s must be at least jwks_max_age_s: every cached JWKS must hold a key before it signs"
+            )
+        if self.key_prepublish_s >= self.key_rotation_s:
+            raise ValueError("key_prepublish_s must be shorter than key_rotation_s")
+
+    @property
+    def key_retention_s(self) -> int:
+        """How long a superseded key still verifies: the longest token it signed, plus skew, plus grace."""
+        return max(self.session_max_ttl_s, self.impersonation_ttl_s) + self.clock_skew_s + self.key_grace_s
 
     @property
     def public_issuer(self) -> str:

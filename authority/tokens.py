@@ -179,7 +179,7 @@ def verify_impersonation(
     header = read_header(token)
     if not typ_matches(header, IMPERSONATION_TYP):
         raise WrongTokenType(f"typ must be {IMPERSONATION_TYP}")
-    key = keyring.verifier(header["kid"])
+    key = keyring.verifier(header["kid"], now, leeway)
     if key is None:
         raise UnknownKey("no published key has this kid")
     claims = decode_claims(verify_signature(token, key.public, key.alg, header), ImpersonationClaims)

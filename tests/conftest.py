@@ -42,9 +42,11 @@ class Stack:
     settings: Settings
     keys_dir: Path
 
-    def bearer(self, role: str, sub: str, location: str = "1", claims: dict[str, Any] | None = None) -> dict[str, str]:
+    def bearer(
+        self, role: str, sub: str, location: str = "1", claims: dict[str, Any] | None = None, ttl: int = 3600
+    ) -> dict[str, str]:
         """A demo-issuer bearer; ``claims`` override or add claims (re-signed with the same key)."""
-        token = demo.dev_token(self.keys_dir, role=role, sub=sub, location=location)
+        token = demo.dev_token(self.keys_dir, role=role, sub=sub, location=location, ttl=ttl)
         if claims:
             token = sign_caller(self.keys_dir, {**decode_unverified(token), **claims})
         return {"Authorization": f"Bearer {token}"}

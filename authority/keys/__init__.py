@@ -1,6 +1,24 @@
-"""Signing keys: generation per algorithm, JWK thumbprints, encrypted storage, and the loaded keyring."""
+"""Signing keys, one concern a module: ``generate`` (one generator per alg), ``jwk`` (RFC 7638 kids),
+``sealing`` (encryption at rest), ``file_store`` / ``redis_store`` (where records live), ``lifecycle`` (pure state
+rules), ``lock`` (one rotator at a time), ``keyring`` (the loaded set and its JWKS), ``manager`` (runs it all)."""
 
-from authority.keys.keyring import Keyring, LoadedKey, open_keyring
-from authority.keys.store import FileKeyStore, KeyRecord, KeyStoreError
+from authority.keys.file_store import FileKeyStore
+from authority.keys.keyring import Keyring, LoadedKey
+from authority.keys.lifecycle import KeyRecord, Schedule
+from authority.keys.lock import RotationLock
+from authority.keys.manager import KeyManager, KeyStore
+from authority.keys.redis_store import RedisKeyStore
+from authority.keys.sealing import KeyStoreError
 
-__all__ = ["FileKeyStore", "KeyRecord", "KeyStoreError", "Keyring", "LoadedKey", "open_keyring"]
+__all__ = [
+    "FileKeyStore",
+    "KeyManager",
+    "KeyRecord",
+    "KeyStore",
+    "KeyStoreError",
+    "Keyring",
+    "LoadedKey",
+    "RedisKeyStore",
+    "RotationLock",
+    "Schedule",
+]

@@ -1,0 +1,134 @@
+"""Runs the key lifecycle in a live service: reads the records, lets one replica apply the schedule under the
+rotation lock, and keeps this replica's keyring current, so keys rotate with no restart anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from authority import audit
+from authority.keys.jwk import PrivateKey, public_jwk
+from authority.keys.keyring import Keyring, LoadedKey, new_record, unseal_record
+from authority.keys.lifecycle import KeyRecord, Plan, Schedule, plan, revoke, state
+from authority.keys.lock import RotationLock
+
+logger = logging.getLogger("authority.keys")
+
+
+class KeyStore(Protocol):
+    async def load(self) -> list[KeyRecord]: ...
+    async def save(self, records: Sequence[KeyRecord]) -> None: ...
+    async def delete(self, kids: Sequence[str]) -> None: ...
+
+
+class KeyManager:
+    def __init__(
+        self,
+        store: KeyStore,
+        lock: RotationLock,
+        *,
+        alg: str,
+        passphrase: str | None,
+        demo: bool,
+        schedule: Schedule,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.lock = lock
+        self.alg = alg
+        self.schedule = schedule
+        self.clock = clock
+        self._passphrase = passphrase
+        self._demo = demo
+        self._private: dict[str, PrivateKey] = {}  # unsealing is slow (KDF): once per key per process
+        self.records: list[KeyRecord] = []
+        self.keyring = Keyring(())
+
+    def _now(self) -> int:
+        return int(self.clock())
+
+    def _loaded(self, record: KeyRecord, now: int) -> LoadedKey:
+        private = self._private.get(record.kid)
+        if private is None:
+            private = unseal_record(record, self._passphrase, demo=self._demo, source=str(self.store))
+            self._private[record.kid] = private
+        public = private.public_key()
+        return LoadedKey(record, private, public, public_jwk(public, record.alg), state(record, now))
+
+    def _install(self, records: list[KeyRecord], now: int) -> None:
+        published = [r for r in records if state(r, now) != "removed"]
+        keys = tuple(self._loaded(r, now) for r in published)
+        if [(k.record, k.state) for k in keys] != [(k.record, k.state) for k in self.keyring.keys]:
+            self.keyring = Keyring(keys)
+        self.records = records
+        live = {r.kid for r in published}
+        self._private = {kid: key for kid, key in self._private.items() if kid in live}
+
+    async def refresh(self) -> Keyring:
+        """Re-read the records and re-derive states (a pending key may have become active since)."""
+        self._install(await self.store.load(), self._now())
+        return self.keyring
+
+    async def _apply(self, step: Plan, records: list[KeyRecord], now: int, reason: str) -> list[KeyRecord]:
+        created = []
+        if step.new_key_at is not None:
+            created.append(new_record(self.alg, self._passphrase, now=now, activates_at=step.new_key_at))
+        await self.store.save([*step.updates, *created])
+        await self.store.delete(step.deletes)
+        for record in created:
+            audit.emit(
+                "key", "created", kid=record.kid, alg=record.alg, activates_at=record.activates_at, reason=reason
+            )
+        for record in step.updates:
+            outcome = "revoked" if record.revoked else "rescheduled"
+            audit.emit("key", outcome, kid=record.kid, retires_at=record.retires_at, reason=reason)
+        for kid in step.deletes:
+            audit.emit("key", "removed", kid=kid, reason=reason)
+        changed = {r.kid: r for r in [*step.updates, *created]}
+        kept = [changed.pop(r.kid, r) for r in records if r.kid not in step.deletes]
+        return [*kept, *changed.values()]
+
+    async def tick(self) -> Keyring:
+        """One round of the schedule. Cheap when nothing is due: one read, no lock."""
+        now = self._now()
+        records = await self.store.load()
+        if not plan(records, now, self.schedule).empty:
+            async with self.lock.hold() as mine:
+                if mine:
+                    records = await self.store.load()  # re-read under the lock: another replica may have acted
+                    records = await self._apply(plan(records, now, self.schedule), records, now, "schedule")
+        self._install(records, now)
+        return self.keyring
+
+    async def _locked(self, make: Callable[[list[KeyRecord], int], Plan], reason: str, wait_s: float = 20) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            async with self.lock.hold() as mine:
+                if mine:
+                    now = self._now()
+                    records = await self.store.load()
+                    self._install(await self._apply(make(records, now), records, now, reason), now)
+                    return
+            if loop.time() > deadline:
+                raise TimeoutError("another replica holds the rotation lock")
+            await asyncio.sleep(0.1)
+
+    async def rotate_now(self) -> None:
+        """Start a rotation now: the successor is published at once and signs after the pre-publish time."""
+        await self._locked(lambda records, now: plan(records, now, self.schedule, rotate_now=True), "manual")
+
+    async def retire(self, kid: str) -> None:
+        """Emergency: ``kid`` leaves the JWKS and stops verifying at once."""
+        await self._locked(lambda records, now: revoke(records, kid, now, self.schedule), "emergency")
+
+    async def run(self, interval_s: float) -> None:
+        """Background loop: keep ticking; a failed round (Redis down) is logged and retried, never fatal."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.tick()
+            except Exception:
+                logger.exception("key rotation round failed; retrying in %ss", interval_s)

@@ -1,0 +1,80 @@
+"""The operator's CLI: ``authority keys list|rotate|retire`` against a real Redis, and its clear refusals."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from authority.cli import main
+from tests.conftest import PASSPHRASE
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> None:
+    for name, value in {
+        "AUTHORITY_REDIS_URL": redis_url,
+        "AUTHORITY_REDIS_PREFIX": f"cli{uuid.uuid4().hex[:8]}:",
+        "AUTHORITY_KEYS_DIR": str(tmp_path / "keys"),
+        "AUTHORITY_KEY_PASSPHRASE": PASSPHRASE,
+        "AUTHORITY_KEY_STORE": "redis",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def keys(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, str]:
+    """Run ``authority keys ...``; the listing as kid -> state."""
+    assert main(["keys", *args]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    return {row.split()[0]: row.split()[2] for row in rows}
+
+
+@pytest.mark.usefixtures("env")
+def test_rotate_and_retire_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert keys(capsys, "list") == {}
+    first = keys(capsys, "rotate")  # nobody signs yet: the first key signs at once
+    assert list(first.values()) == ["active"]
+    (active,) = first
+
+    listed = keys(capsys, "rotate")
+    (pending,) = [kid for kid, state in listed.items() if state == "pending"]
+    assert listed[active] == "active"
+
+    # a pending key can be withdrawn; revoked records stay listed (as removed) until the schedule deletes them
+    assert keys(capsys, "retire", pending) == {active: "active", pending: "removed"}
+
+    after = keys(capsys, "retire", active)  # emergency: a new signer at once, the old key out
+    assert after[active] == "removed"
+    assert sorted(after.values()) == ["active", "removed", "removed"]
+
+
+@pytest.mark.usefixtures("env")
+def test_retiring_an_unknown_kid_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "retire", "nope"]) == 2
+    assert "no key nope" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("env")
+def test_wrong_passphrase_is_refused_with_a_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys(capsys, "rotate")
+    keys(capsys, "list")
+    monkeypatch.setenv("AUTHORITY_KEY_PASSPHRASE", "wrong")
+    assert main(["keys", "rotate"]) == 2
+    assert "AUTHORITY_KEY_PASSPHRASE" in capsys.readouterr().err
+
+
+def test_bad_settings_stop_the_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTHORITY_KEY_PREPUBLISH_S", "10")
+    assert main(["keys", "list"]) == 2
+    assert "jwks_max_age_s" in capsys.readouterr().err
+
+
+def test_keys_demo_needs_a_running_demo_server(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["keys", "--demo", "list"]) == 2
+    assert "no demo server" in capsys.readouterr().err
