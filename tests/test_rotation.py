@@ -97,8 +97,13 @@ def test_a_whole_rotation_never_leaves_a_token_unverifiable(rotating: Stack) -> 
         # a session signed by the old key still verifies against the published JWKS
         old_jwk = next(k for k in jwks(client) if k["kid"] == old_kid)
         at = session_before["access_token"]
-        jwt.decode(at, jwt.PyJWK(old_jwk).key, algorithms=["EdDSA"], audience="portal-api",
-                   options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})  # fmt: skip
+        jwt.decode(
+            at,
+            jwt.PyJWK(old_jwk).key,
+            algorithms=["EdDSA"],
+            audience="portal-api",
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+        )
 
         clock.now = t0 + ROTATION + RETENTION
         in_app(client, authority.keys.tick)
@@ -195,11 +200,13 @@ def test_a_token_resigned_with_another_alg_under_the_same_kid_is_refused(
         claims = jwt.decode(token, options={"verify_signature": False})
         kid = kid_of(token)
         forgeries = [
-            jwt.encode(claims, rsa.generate_private_key(65537, 2048), algorithm="RS256",
-                       headers={"kid": kid, "typ": "imp+jwt"}),
-            jwt.encode(claims, ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA",
-                       headers={"kid": kid, "typ": "imp+jwt"}),
-        ]  # fmt: skip
+            jwt.encode(
+                claims, rsa.generate_private_key(65537, 2048), algorithm="RS256", headers={"kid": kid, "typ": "imp+jwt"}
+            ),
+            jwt.encode(
+                claims, ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": kid, "typ": "imp+jwt"}
+            ),
+        ]
         for forged in forgeries:
             refused = client.post(EXCHANGE, json={"token": forged})
             assert refused.status_code == 401
@@ -240,8 +247,13 @@ def test_an_unmodified_pyjwkclient_verifies_across_a_rotation(served: tuple[str,
 
     def verify(access: str) -> dict[str, Any]:
         key = client.get_signing_key_from_jwt(access)
-        claims: dict[str, Any] = jwt.decode(access, key, algorithms=["EdDSA"], audience="portal-api",
-                                            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})  # fmt: skip
+        claims: dict[str, Any] = jwt.decode(
+            access,
+            key,
+            algorithms=["EdDSA"],
+            audience="portal-api",
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+        )
         return claims
 
     before = session()
