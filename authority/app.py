@@ -34,12 +34,15 @@ logger = logging.getLogger("authority")
 def connect_redis(settings: Settings) -> Redis:
     if not settings.redis_url:
         raise SettingsError("AUTHORITY_REDIS_URL is required (only --demo starts a private server)")
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        health_check_interval=30,
-    )
+    try:
+        return Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise SettingsError(f"AUTHORITY_REDIS_URL: {exc}") from None
 
 
 def key_manager(settings: Settings, redis: Redis, clock: Callable[[], float]) -> KeyManager:

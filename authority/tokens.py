@@ -125,7 +125,7 @@ def read_header(token: str) -> dict[str, Any]:
         raise InvalidToken(f"token is longer than {MAX_TOKEN_LENGTH} characters")
     try:
         header = _jws.get_unverified_header(token)
-    except (jwt.DecodeError, binascii.Error, UnicodeError, ValueError) as exc:
+    except (jwt.InvalidTokenError, binascii.Error, UnicodeError, ValueError) as exc:
         raise InvalidToken(f"malformed token: {exc}") from None
     refused = FORBIDDEN_HEADERS.intersection(header)
     if refused:

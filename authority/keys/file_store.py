@@ -48,7 +48,7 @@ class FileKeyStore:
 
     def load_sync(self) -> list[KeyRecord]:
         records = []
-        for path in sorted(self.directory.glob("*.json")):
+        for path in sorted(self.directory.glob("[!.]*.json")):  # not a writer's ".tmp-*" left by a crash
             try:
                 records.append(msgspec.json.decode(read_private(path), type=KeyRecord))
             except msgspec.DecodeError as exc:

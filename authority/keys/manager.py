@@ -13,6 +13,7 @@ from authority.keys.jwk import PrivateKey, public_jwk
 from authority.keys.keyring import Keyring, LoadedKey, new_record, unseal_record
 from authority.keys.lifecycle import KeyRecord, Plan, Schedule, plan, revoke, state
 from authority.keys.lock import RotationLock
+from authority.keys.sealing import KeyStoreError
 
 logger = logging.getLogger("authority.keys")
 
@@ -35,6 +36,8 @@ class KeyManager:
         schedule: Schedule,
         clock: Callable[[], float],
     ) -> None:
+        if not passphrase and not demo:
+            raise KeyStoreError("AUTHORITY_KEY_PASSPHRASE is required outside --demo: private keys are encrypted")
         self.store = store
         self.lock = lock
         self.alg = alg

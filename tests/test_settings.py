@@ -1,0 +1,184 @@
+"""Configuration from ``AUTHORITY_*`` variables: typed, strict, and every mistake named at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authority import demo
+from authority.app import create_app
+from authority.keys import FileKeyStore, KeyStoreError
+from authority.keys.keyring import new_record
+from authority.settings import Settings, SettingsError, TrustedIssuer, load
+from tests.conftest import PASSPHRASE
+
+
+def issuer(**fields: Any) -> dict[str, Any]:
+    return {"issuer": "https://portal.example", "audiences": ["authority"], "jwks_url": "https://portal.example/jwks",
+            **fields}  # fmt: skip
+
+
+def test_defaults() -> None:
+    s = load({})
+    assert (s.host, s.port, s.redis_url, s.redis_prefix) == ("127.0.0.1", 8000, None, "authority:")
+    assert (s.key_alg, s.key_passphrase, s.keys_dir, s.demo) == ("EdDSA", None, "keys", False)
+    assert (s.impersonation_ttl_s, s.session_ttl_s, s.session_max_ttl_s) == (60, 900, 3600)
+    assert (s.clock_skew_s, s.jwks_max_age_s, s.session_audience) == (10, 300, "portal-api")
+    assert s.trusted_issuers == []
+    assert s.public_issuer == "http://127.0.0.1:8000"
+    assert s.exchange_audience == "http://127.0.0.1:8000/api/sys/users/exchange"
+
+
+def test_values_are_parsed_from_strings() -> None:
+    s = load({"AUTHORITY_PORT": "9000", "AUTHORITY_REDIS_TIMEOUT_S": "0.25", "AUTHORITY_KEY_ALG": "ES256",
+                      "AUTHORITY_IMPERSONATION_TTL_S": "30", "AUTHORITY_ISSUER": "https://auth.example/"})  # fmt: skip
+    assert (s.port, s.redis_timeout_s, s.key_alg, s.impersonation_ttl_s) == (9000, 0.25, "ES256", 30)
+    assert s.public_issuer == "https://auth.example"  # one spelling of iss, however the variable ends
+
+
+def test_overrides_win_over_the_environment() -> None:
+    assert load({"AUTHORITY_PORT": "9000"}, port=9100).port == 9100
+    assert load({}, demo=True).demo is True
+
+
+def test_other_variables_are_ignored() -> None:
+    s = load({"PATH": "/bin", "AUTHORITY_TEST_REDIS_URL": "redis://x", "AUTHORITY_TEST_ANYTHING": "1",
+                      "AUTHORITYPORT": "1"})  # fmt: skip
+    assert s == load({})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("AUTHORITY_PORT", "abc"), ("AUTHORITY_PORT", "0"), ("AUTHORITY_PORT", "65536"),
+     ("AUTHORITY_IMPERSONATION_TTL_S", "601"), ("AUTHORITY_IMPERSONATION_TTL_S", "4"),
+     ("AUTHORITY_SESSION_TTL_S", "0"), ("AUTHORITY_CLOCK_SKEW_S", "-1"), ("AUTHORITY_REDIS_TIMEOUT_S", "0"),
+     ("AUTHORITY_KEY_ALG", "HS256"), ("AUTHORITY_KEY_ALG", "none"), ("AUTHORITY_REDIS_PREFIX", "a b"),
+     ("AUTHORITY_MAX_BODY_BYTES", "1"), ("AUTHORITY_KEY_STORE", "s3"), ("AUTHORITY_KEY_ROTATION_S", "59")],
+)  # fmt: skip
+def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name}: "):
+        load({name: value})
+
+
+def test_unknown_variable_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"^unknown variable AUTHORITY_FOO$"):
+        load({"AUTHORITY_FOO": "1"})
+    with pytest.raises(SettingsError, match=r"^unknown variable AUTHORITY_SESION_TTL_S$"):
+        load({"AUTHORITY_SESION_TTL_S": "60"})
+
+
+@pytest.mark.parametrize("value", ["1", "true", "0", ""])
+def test_demo_is_never_chosen_by_the_environment(value: str) -> None:
+    with pytest.raises(SettingsError, match="--demo"):
+        load({"AUTHORITY_DEMO": value})
+
+
+def test_trusted_issuers_json() -> None:
+    raw = [issuer(), issuer(issuer="urn:other", jwks_url=None, jwks_file="/etc/jwks.json", algorithms=["ES256"],
+                            role_claim="roles")]  # fmt: skip
+    s = load({"AUTHORITY_TRUSTED_ISSUERS": json.dumps(raw)})
+    assert s.trusted_issuers == [
+        TrustedIssuer(issuer="https://portal.example", audiences=["authority"], jwks_url="https://portal.example/jwks"),
+        TrustedIssuer(issuer="urn:other", audiences=["authority"], jwks_file="/etc/jwks.json", algorithms=["ES256"],
+                      role_claim="roles"),
+    ]  # fmt: skip
+    assert s.trusted_issuers[0].algorithms == ["EdDSA", "ES256", "RS256"]
+
+
+@pytest.mark.parametrize("value", ["[{", "not json", "[{'issuer': 'x'}]"])
+def test_trusted_issuers_invalid_json(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^AUTHORITY_TRUSTED_ISSUERS: not valid JSON"):
+        load({"AUTHORITY_TRUSTED_ISSUERS": value})
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [issuer(jwks_file="/etc/jwks.json"), issuer(jwks_url=None), issuer(audiences=[]), issuer(issuer=""),
+     issuer(algorithms=["HS256"]), issuer(algorithms=["none"]), issuer(algorithms=[]), issuer(extra=1),
+     {"issuer": "x"}],
+    ids=["both-jwks", "no-jwks", "no-audience", "empty-issuer", "hs256", "none", "no-algs", "unknown-field",
+         "incomplete"],
+)  # fmt: skip
+def test_bad_trusted_issuer_is_refused(entry: dict[str, Any]) -> None:
+    with pytest.raises(SettingsError, match=r"^AUTHORITY_TRUSTED_ISSUERS: "):
+        load({"AUTHORITY_TRUSTED_ISSUERS": json.dumps([entry])})
+
+
+def test_trusted_issuers_must_be_a_list() -> None:
+    with pytest.raises(SettingsError, match=r"^AUTHORITY_TRUSTED_ISSUERS: "):
+        load({"AUTHORITY_TRUSTED_ISSUERS": json.dumps(issuer())})
+
+
+def test_both_jwks_sources_message_names_the_issuer() -> None:
+    with pytest.raises(SettingsError, match="needs exactly one of jwks_url or jwks_file"):
+        load({"AUTHORITY_TRUSTED_ISSUERS": json.dumps([issuer(jwks_url=None)])})
+
+
+def test_session_ttl_may_not_exceed_its_maximum() -> None:
+    with pytest.raises(SettingsError, match="session_ttl_s must not exceed session_max_ttl_s"):
+        load({"AUTHORITY_SESSION_TTL_S": "7200"})
+    with pytest.raises(SettingsError, match="session_ttl_s must not exceed session_max_ttl_s"):
+        load({"AUTHORITY_SESSION_TTL_S": "600", "AUTHORITY_SESSION_MAX_TTL_S": "300"})
+    assert load({"AUTHORITY_SESSION_TTL_S": "3600"}).session_ttl_s == 3600
+
+
+def test_a_new_key_is_published_for_a_whole_jwks_cache_lifetime_before_it_signs() -> None:
+    with pytest.raises(SettingsError, match="key_prepublish_s must be at least jwks_max_age_s"):
+        load({"AUTHORITY_KEY_PREPUBLISH_S": "60", "AUTHORITY_JWKS_MAX_AGE_S": "300"})
+    with pytest.raises(SettingsError, match="key_prepublish_s must be shorter than key_rotation_s"):
+        load({"AUTHORITY_KEY_PREPUBLISH_S": "3600", "AUTHORITY_KEY_ROTATION_S": "3600"})
+    s = load({"AUTHORITY_KEY_PREPUBLISH_S": "300", "AUTHORITY_KEY_ROTATION_S": "600", "AUTHORITY_KEY_STORE": "redis"})
+    assert (s.key_prepublish_s, s.key_rotation_s, s.key_store) == (300, 600, "redis")
+
+
+# --- create_app: a production start needs callers, a directory and Redis ------------------------------------
+
+
+def production(tmp_path: Path, **changes: Any) -> Settings:
+    fields: dict[str, Any] = {
+        "redis_url": "redis://127.0.0.1:6399/0",
+        "keys_dir": str(tmp_path / "keys"),
+        "key_passphrase": PASSPHRASE,
+        "directory_file": str(Path(demo.__file__).with_name("demo_directory.json")),
+        "trusted_issuers": [demo.trusted_demo_issuer(tmp_path / "issuer")],
+        **changes,
+    }
+    return load({}, **{k: v for k, v in fields.items() if v is not None})
+
+
+def test_create_app_accepts_a_complete_production_config(tmp_path: Path) -> None:
+    create_app(production(tmp_path))  # Redis is only connected to at startup, so none needs to run here
+
+
+@pytest.mark.parametrize(
+    ("missing", "variable"),
+    [("trusted_issuers", "AUTHORITY_TRUSTED_ISSUERS"), ("directory_file", "AUTHORITY_DIRECTORY_FILE"),
+     ("redis_url", "AUTHORITY_REDIS_URL"), ("key_passphrase", "AUTHORITY_KEY_PASSPHRASE")],
+)  # fmt: skip
+def test_create_app_refuses_an_incomplete_production_config(tmp_path: Path, missing: str, variable: str) -> None:
+    settings = production(tmp_path, **{missing: [] if missing == "trusted_issuers" else None})
+    with pytest.raises(SettingsError, match=variable):
+        create_app(settings)
+    assert not (tmp_path / "keys").exists()  # refused before any key was written
+
+
+def test_create_app_refuses_an_unreadable_key_before_listening(tmp_path: Path) -> None:
+    now = int(time.time())
+    asyncio.run(FileKeyStore(tmp_path / "keys").save([new_record("EdDSA", PASSPHRASE, now=now, activates_at=now)]))
+    with pytest.raises(KeyStoreError, match="wrong AUTHORITY_KEY_PASSPHRASE"):
+        create_app(production(tmp_path, key_passphrase="not the passphrase"))
+
+
+def test_demo_needs_no_trusted_issuers_directory_or_passphrase(tmp_path: Path) -> None:
+    create_app(production(tmp_path, trusted_issuers=[], directory_file=None, key_passphrase=None, demo=True))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379"])
+def test_malformed_redis_url_is_a_settings_error(tmp_path: Path, url: str) -> None:
+    with pytest.raises(SettingsError, match="AUTHORITY_REDIS_URL"):
+        create_app(production(tmp_path, redis_url=url))
