@@ -20,11 +20,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from authority import problems, routes
+from authority.audit import AuditLog
 from authority.callers import Trust
 from authority.directory import DEMO_DIRECTORY, FileDirectory
 from authority.impersonation import Authority
 from authority.keys import FileKeyStore, KeyManager, KeyStore, KeyStoreError, RedisKeyStore, RotationLock, Schedule
 from authority.keys.keyring import unseal_record
+from authority.limits import MintLimiter
+from authority.middleware import RequestGuard
 from authority.replay import Allowlist
 from authority.settings import Settings, SettingsError
 
@@ -45,7 +48,11 @@ def connect_redis(settings: Settings) -> Redis:
         raise SettingsError(f"AUTHORITY_REDIS_URL: {exc}") from None
 
 
-def key_manager(settings: Settings, redis: Redis, clock: Callable[[], float]) -> KeyManager:
+def audit_log(settings: Settings, redis: Redis) -> AuditLog:
+    return AuditLog(redis, f"{settings.redis_prefix}audit", settings.audit_stream_maxlen)
+
+
+def key_manager(settings: Settings, redis: Redis, clock: Callable[[], float], audit: AuditLog) -> KeyManager:
     store: KeyStore = (
         RedisKeyStore(redis, settings.redis_prefix)
         if settings.key_store == "redis"
@@ -60,6 +67,7 @@ def key_manager(settings: Settings, redis: Redis, clock: Callable[[], float]) ->
         demo=settings.demo,
         schedule=schedule,
         clock=clock,
+        audit=audit,
     )
 
 
@@ -96,16 +104,26 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = connect_redis(settings)
-        keys = key_manager(settings, redis, clock)
-        app.state.authority = Authority(settings, keys, Allowlist(redis, settings.redis_prefix), directory, clock)
+        audit = app.state.audit = audit_log(settings, redis)
+        keys = key_manager(settings, redis, clock, audit)
+        limiter = MintLimiter(
+            redis, settings.redis_prefix, per_actor=settings.mint_rate_per_actor,
+            per_location=settings.mint_rate_per_location, window_s=settings.mint_rate_window_s,
+        )  # fmt: skip
+        app.state.authority = Authority(
+            settings, keys=keys, allowlist=Allowlist(redis, settings.redis_prefix), limiter=limiter,
+            directory=directory, audit=audit, clock=clock,
+        )  # fmt: skip
         await start_keys(keys)
-        rotation = asyncio.create_task(keys.run(settings.key_refresh_s))
+        background = [asyncio.create_task(keys.run(settings.key_refresh_s)), asyncio.create_task(audit.run())]
         try:
             yield
         finally:
-            rotation.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rotation
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await audit.close()
             await redis.aclose()
 
     app = Litestar(
@@ -113,6 +131,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         dependencies=routes.DEPENDENCIES,
         exception_handlers=problems.EXCEPTION_HANDLERS,
         lifespan=[lifespan],
+        middleware=[RequestGuard(settings.max_header_bytes)],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="authority", version="0.1.0", path="/schema"),
     )

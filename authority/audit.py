@@ -1,20 +1,82 @@
-"""Audit events: one JSON line per mint, refusal and exchange, on the ``authority.audit`` logger.
+"""Audit events: each mint, refusal, exchange, replay, revocation and key event becomes one JSON log line (at
+once) and one entry on a capped Redis stream (written in batches by a background task, off the request path).
 
-Fields are identifiers only (actor, subject, location, jti, sid, outcome, reason); never a token or key.
+Fields are identifiers only (actor, subject, location, jti/sid, kid, outcome, reason, request id): never a token
+or key. The log line is the record of last resort: if Redis is down, stream entries wait in a bounded queue.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
+from contextvars import ContextVar
 
 import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 logger = logging.getLogger("authority.audit")
 _encoder = msgspec.json.Encoder()
+Field = str | int | None
 
 
-def emit(event: str, outcome: str, **fields: str | int | None) -> None:
-    record = {"ts": round(time.time(), 3), "event": event, "outcome": outcome}
-    record.update({k: v for k, v in fields.items() if v is not None})
-    logger.info(_encoder.encode(record).decode())
+class AuditLog:
+    def __init__(self, redis: Redis | None, stream: str, maxlen: int, backlog: int = 10_000) -> None:
+        self._redis = redis
+        self.stream = stream
+        self._maxlen = maxlen
+        self._pending: deque[bytes] = deque(maxlen=backlog)  # oldest dropped first if Redis stays down
+        self._wake = asyncio.Event()
+
+    def emit(self, event: str, outcome: str, **fields: Field) -> None:
+        record: dict[str, Field | float] = {"ts": round(time.time(), 3), "event": event, "outcome": outcome}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        request_id = REQUEST_ID.get()
+        if request_id:
+            record["request_id"] = request_id
+        line = _encoder.encode(record)
+        logger.info(line.decode())
+        if self._redis is not None:
+            self._pending.append(line)
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write every queued event to the stream, in one pipeline (MAXLEN ~ keeps the stream capped)."""
+        if self._redis is None or not self._pending:
+            return
+        batch = list(self._pending)
+        self._pending.clear()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for line in batch:
+                    pipe.xadd(self.stream, {"event": line}, maxlen=self._maxlen, approximate=True)
+                await pipe.execute()
+        except RedisError:
+            self._pending.extendleft(reversed(batch))  # back in front, in order, for the next try
+            raise
+
+    async def run(self, retry_s: float = 1.0) -> None:
+        """Background writer: flush whenever events arrive; on a Redis error keep them and retry."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except RedisError as exc:
+                logger.warning('{"event":"audit","outcome":"stream-unavailable","reason":"%s"}', type(exc).__name__)
+                await asyncio.sleep(retry_s)
+                self._wake.set()
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self.flush()
+
+
+async def tail(redis: Redis, stream: str, count: int) -> list[bytes]:
+    """The last ``count`` events, oldest first."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrevrange(stream, count=count)  # type: ignore[assignment]
+    return [fields[b"event"] for _, fields in reversed(entries)]

@@ -28,13 +28,11 @@ from authority.refusals import (
 )
 from authority.settings import Settings, TrustedIssuer
 from authority.tokens import (
-    ACCESS_TYP,
     IMPERSONATION_TYP,
-    AccessClaims,
     check_times,
-    decode_claims,
     read_header,
     typ_matches,
+    verify_access,
     verify_signature,
 )
 
@@ -115,29 +113,18 @@ class Trust:
             header = read_header(token)
             issuer = _unverified_issuer(token)
             if issuer == self._settings.public_issuer:
-                return self._own_session(token, header, now)
+                return self._own_session(token, now)
             return await self._trusted(token, header, issuer, now)
         except InvalidToken as exc:
             raise Unauthenticated(f"bearer token refused: {exc.detail}") from None
 
-    def _own_session(self, token: str, header: dict[str, Any], now: int) -> Caller:
-        if not typ_matches(header, ACCESS_TYP):
-            raise Unauthenticated(f"only {ACCESS_TYP} tokens of this authority are accepted as bearers")
-        key = self._keyring().verifier(header["kid"], now, self._settings.clock_skew_s)
-        if key is None:
-            raise Unauthenticated("bearer token is signed by an unknown key")
-        claims = decode_claims(verify_signature(token, key.public, key.alg, header), AccessClaims)
-        if claims.aud != self._settings.session_audience:
-            raise Unauthenticated("bearer token is for another audience")
+    def _own_session(self, token: str, now: int) -> Caller:
+        """One of our own access tokens: always an impersonated session (it carries ``act``)."""
         s = self._settings
-        check_times(
-            iat=claims.iat,
-            nbf=claims.nbf,
-            exp=claims.exp,
-            now=now,
-            leeway=s.clock_skew_s,
-            max_life=s.session_max_ttl_s,
-        )
+        claims = verify_access(
+            token, self._keyring(), issuer=s.public_issuer, audience=s.session_audience, now=now,
+            leeway=s.clock_skew_s, max_life=s.session_max_ttl_s,
+        )  # fmt: skip
         return Caller(claims.iss, claims.sub, None, claims.loc, None, impersonated=True)
 
     async def _trusted(self, token: str, header: dict[str, Any], issuer: str, now: int) -> Caller:
@@ -200,10 +187,14 @@ def caller_from_claims(claims: Mapping[str, Any], config: TrustedIssuer, now: in
     )
 
 
+def require_unimpersonated(caller: Caller) -> None:
+    if caller.impersonated:
+        raise NestedImpersonation("an impersonated session cannot impersonate, revoke or introspect")
+
+
 def require_staff(caller: Caller) -> str:
     """The location an admin or operator may impersonate in; customers get 401, as the portal documents."""
-    if caller.impersonated:
-        raise NestedImpersonation("an impersonated session cannot mint impersonation tokens")
+    require_unimpersonated(caller)
     if caller.role == CUSTOMER_ROLE:
         raise CustomerSession("customer sessions cannot use the staff impersonation endpoint")
     if caller.role not in STAFF_ROLES:
@@ -215,8 +206,7 @@ def require_staff(caller: Caller) -> str:
 
 def require_member(caller: Caller) -> tuple[str, int]:
     """Location and coworker id of a customer who may act as a team admin (the directory decides the rest)."""
-    if caller.impersonated:
-        raise NestedImpersonation("an impersonated session cannot mint impersonation tokens")
+    require_unimpersonated(caller)
     if caller.role != CUSTOMER_ROLE:
         raise Forbidden("team-admin impersonation is for members; staff use /api/sys/users/impersonate")
     if not caller.location or caller.coworker_id is None:

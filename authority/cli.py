@@ -22,7 +22,7 @@ import uvicorn
 from redis.exceptions import RedisError
 
 from authority import demo, settings
-from authority.app import connect_redis, create_app, key_manager
+from authority.app import audit_log, connect_redis, create_app, key_manager
 from authority.embedded import EmbeddedRedis
 from authority.keys import KeyStoreError
 from authority.keys.lifecycle import state
@@ -68,7 +68,8 @@ def _keys(args: argparse.Namespace) -> int:
 async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> int:
     redis = connect_redis(config)
     try:
-        keys = key_manager(config, redis, time.time)
+        audit = audit_log(config, redis)
+        keys = key_manager(config, redis, time.time, audit)
         if args.keys_command == "rotate":
             await keys.rotate_now()
         elif args.keys_command == "retire":
@@ -77,6 +78,7 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
             await keys.retire(args.kid)
         records = await keys.store.load()
     finally:
+        await audit.close()
         await redis.aclose()
     now = int(time.time())
     print(f"{'kid':44} {'alg':6} {'state':9} {'created':20} {'activates':20} retires")

@@ -1,7 +1,8 @@
-"""The service: mint a single-use impersonation token for an allowed caller; exchange it, once, for a session.
+"""The service: mint a single-use impersonation token for an allowed caller; exchange it, once, for a session;
+revoke and introspect sessions.
 
 Routes stay thin and call this; this calls the pure rules (``callers``, ``tokens``) and the I/O (allowlist,
-directory, keyring) in one obvious order.
+limiter, directory, keys, audit) in one obvious order.
 """
 
 from __future__ import annotations
@@ -9,15 +10,24 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
-from authority import audit
-from authority.callers import Caller, require_member, require_staff
+from authority.audit import AuditLog
+from authority.callers import Caller, require_member, require_staff, require_unimpersonated
 from authority.directory import Directory
 from authority.keys import KeyManager, Keyring, LoadedKey
-from authority.refusals import CoworkerNotFound, TokenNotIssued, TokenReplayed, Unavailable
-from authority.replay import Allowlist, Outcome
+from authority.limits import MintLimiter
+from authority.refusals import (
+    CoworkerNotFound,
+    InvalidToken,
+    SessionNotFound,
+    TokenNotIssued,
+    TokenReplayed,
+    Unavailable,
+)
+from authority.replay import Allowlist, Outcome, SessionRecord
 from authority.settings import Settings
 from authority.tokens import (
     ACCESS_TYP,
@@ -26,6 +36,7 @@ from authority.tokens import (
     access_claims,
     impersonation_claims,
     sign,
+    verify_access,
     verify_impersonation,
 )
 
@@ -37,8 +48,13 @@ class Session(msgspec.Struct, frozen=True):
     token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
 
 
+class Revocation(msgspec.Struct, frozen=True):
+    session_id: str
+    revoked: bool = True
+
+
 def new_id() -> str:
-    """128 random bits, base64url: unguessable ``jti`` and ``sid`` values."""
+    """128 random bits, base64url: unguessable ``jti`` values."""
     return secrets.token_urlsafe(16)
 
 
@@ -46,15 +62,20 @@ class Authority:
     def __init__(
         self,
         settings: Settings,
+        *,
         keys: KeyManager,
         allowlist: Allowlist,
+        limiter: MintLimiter,
         directory: Directory,
+        audit: AuditLog,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.keys = keys
         self.allowlist = allowlist
+        self.limiter = limiter
         self.directory = directory
+        self.audit = audit
         self.clock = clock
 
     @property
@@ -69,103 +90,105 @@ class Authority:
 
     async def mint_for_staff(self, caller: Caller, coworker_id: int) -> str:
         location = require_staff(caller)
+        await self.limiter.check(caller.issuer, caller.subject, location)
         if not await self.directory.is_coworker(location, coworker_id):
             raise CoworkerNotFound(
                 f"no coworker {coworker_id} in location {location}",
-                actor=caller.subject,
-                subject=str(coworker_id),
-                location=location,
-            )
+                audit={"actor": caller.subject, "subject": str(coworker_id), "location": location},
+            )  # fmt: skip
         return await self._mint(caller, coworker_id, location, caller.role or "")
 
     async def mint_for_team_admin(self, caller: Caller, coworker_id: int) -> str:
         location, admin_id = require_member(caller)
+        await self.limiter.check(caller.issuer, caller.subject, location)
         # One answer for "no such coworker" and "not in your teams": no existence oracle for team admins.
         if coworker_id == admin_id or not await self.directory.administers(location, admin_id, coworker_id):
             raise CoworkerNotFound(
                 f"no coworker {coworker_id} in a team you administer",
-                actor=caller.subject,
-                subject=str(coworker_id),
-                location=location,
-            )
+                audit={"actor": caller.subject, "subject": str(coworker_id), "location": location},
+            )  # fmt: skip
         return await self._mint(caller, coworker_id, location, "team-admin")
 
     async def _mint(self, caller: Caller, coworker_id: int, location: str, role: str) -> str:
         s = self.settings
         signer = self._signer()
         claims = impersonation_claims(
-            issuer=s.public_issuer,
-            audience=s.exchange_audience,
-            coworker_id=coworker_id,
-            location=location,
-            actor=Actor(sub=caller.subject, role=role),
-            jti=new_id(),
-            now=int(self.clock()),
+            issuer=s.public_issuer, audience=s.exchange_audience, coworker_id=coworker_id, location=location,
+            actor=Actor(sub=caller.subject, role=role), jti=new_id(), now=int(self.clock()),
             ttl=s.impersonation_ttl_s,
-        )
+        )  # fmt: skip
         token = sign(claims, signer, IMPERSONATION_TYP)
         await self.allowlist.issue(claims.jti, s.impersonation_ttl_s + s.clock_skew_s)
-        audit.emit(
-            "mint",
-            "issued",
-            actor=caller.subject,
-            role=role,
-            subject=claims.sub,
-            location=location,
-            jti=claims.jti,
-            kid=signer.kid,
-        )
+        self.audit.emit(
+            "mint", "issued", actor=caller.subject, role=role, subject=claims.sub, location=location,
+            jti=claims.jti, kid=signer.kid,
+        )  # fmt: skip
         return token
 
     async def exchange(self, token: str) -> Session:
+        """Verify, then consume the jti atomically. A replay is refused and revokes the session the first use
+        opened (the refresh-token reuse rule): whoever holds a leaked token cannot keep a session alive with it."""
         s = self.settings
         now = int(self.clock())
         grant = verify_impersonation(
-            token,
-            self.keyring,
-            issuer=s.public_issuer,
-            audience=s.exchange_audience,
-            now=now,
-            leeway=s.clock_skew_s,
-            max_life=s.impersonation_ttl_s,
-        )
+            token, self.keyring, issuer=s.public_issuer, audience=s.exchange_audience, now=now,
+            leeway=s.clock_skew_s, max_life=s.impersonation_ttl_s,
+        )  # fmt: skip
         signer = self._signer()
-        sid = new_id()
-        used = await self.allowlist.consume(grant.jti, sid)
+        sid = grant.jti  # one key per impersonation: the allowlist entry becomes the session record
+        record = SessionRecord(sub=grant.sub, loc=grant.loc, act=grant.act, exp=now + s.session_ttl_s)
+        used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s)
+        who = {"actor": grant.act.sub, "subject": grant.sub, "location": grant.loc, "jti": grant.jti}
         if used.outcome is Outcome.UNKNOWN:
-            raise TokenNotIssued(
-                "this token is not on the allowlist (never issued, expired, or lost)",
-                actor=grant.act.sub,
-                subject=grant.sub,
-                jti=grant.jti,
-            )
+            raise TokenNotIssued("this token is not on the allowlist (never issued, expired, or lost)", audit=who)
         if used.outcome is Outcome.REPLAYED:
             raise TokenReplayed(
-                "this impersonation token was already exchanged",
-                actor=grant.act.sub,
-                subject=grant.sub,
-                location=grant.loc,
-                jti=grant.jti,
-                sid=used.first_session,
+                "this impersonation token was already exchanged; its session is revoked",
+                audit={**who, "sid": sid, "revoked": "now" if used.revoked_now else "already"},
             )
         claims = access_claims(
-            grant,
-            issuer=s.public_issuer,
-            audience=s.session_audience,
-            client_id=s.session_client_id,
-            jti=new_id(),
-            sid=sid,
-            now=now,
-            ttl=s.session_ttl_s,
-        )
-        audit.emit(
-            "exchange",
-            "session",
-            actor=grant.act.sub,
-            subject=grant.sub,
-            location=grant.loc,
-            jti=grant.jti,
-            sid=sid,
-            kid=signer.kid,
-        )
+            grant, issuer=s.public_issuer, audience=s.session_audience, client_id=s.session_client_id,
+            jti=new_id(), sid=sid, now=now, ttl=s.session_ttl_s,
+        )  # fmt: skip
+        self.audit.emit("exchange", "session", sid=sid, kid=signer.kid, **who)
         return Session(access_token=sign(claims, signer, ACCESS_TYP), expires_in=s.session_ttl_s, session_id=sid)
+
+    async def revoke(self, caller: Caller, sid: str) -> Revocation:
+        """Staff of the session's location, or the impersonator themself, may end a session early. Anyone else
+        is told there is no such session, so revocation is no oracle either."""
+        require_unimpersonated(caller)
+        session = await self.allowlist.session(sid)
+        allowed = session is not None and (
+            (caller.role in ("admin", "operator") and caller.location == session.record.loc)
+            or (caller.subject == session.record.act.sub and caller.location == session.record.loc)
+        )
+        if session is None or not allowed:
+            raise SessionNotFound(f"no session {sid} you may revoke", audit={"actor": caller.subject, "sid": sid})
+        await self.allowlist.revoke(sid)
+        self.audit.emit(
+            "revocation", "revoked", actor=caller.subject, role=caller.role, subject=session.record.sub,
+            location=session.record.loc, sid=sid,
+        )  # fmt: skip
+        return Revocation(session_id=sid)
+
+    async def introspect(self, caller: Caller, token: str) -> dict[str, Any]:
+        """RFC 7662: active only for a valid access token of ours whose session is on record and not revoked."""
+        require_unimpersonated(caller)
+        s = self.settings
+        try:
+            claims = verify_access(
+                token, self.keyring, issuer=s.public_issuer, audience=s.session_audience, now=int(self.clock()),
+                leeway=s.clock_skew_s, max_life=s.session_max_ttl_s,
+            )  # fmt: skip
+        except InvalidToken as exc:
+            self.audit.emit("introspection", "inactive", actor=caller.subject, reason=exc.code)
+            return {"active": False}
+        session = await self.allowlist.session(claims.sid)
+        active = session is not None and session.state == "active"
+        self.audit.emit(
+            "introspection", "active" if active else "inactive", actor=caller.subject, sid=claims.sid,
+            reason=None if active else (session.state if session else "no-session"),
+        )  # fmt: skip
+        if not active:
+            return {"active": False}
+        return {"active": True, "token_type": "Bearer", **msgspec.to_builtins(claims)}

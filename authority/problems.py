@@ -14,7 +14,7 @@ from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 
-from authority import audit
+from authority.audit import AuditLog
 from authority.refusals import Refusal
 
 PROBLEM_BASE = "urn:authority:problem:"
@@ -31,6 +31,7 @@ logger = logging.getLogger("authority")
 def _respond(
     request: Request[Any, Any, Any], problem: ProblemDetailsException, code: str, **context: str | None
 ) -> Response[Any]:
+    audit: AuditLog = request.app.state.audit
     audit.emit(
         "refusal",
         code,
@@ -51,7 +52,7 @@ def on_refusal(request: Request[Any, Any, Any], exc: Refusal) -> Response[Any]:
         type_=PROBLEM_BASE + exc.code,
         title=exc.title,
     )
-    return _respond(request, problem, exc.code, **exc.context)
+    return _respond(request, problem, exc.code, **exc.audit)
 
 
 def on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:

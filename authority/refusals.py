@@ -6,6 +6,7 @@ replayed token never looks like an expired one. This module is pure: HTTP mappin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 
@@ -14,11 +15,13 @@ class Refusal(Exception):
     code: ClassVar[str] = "invalid-request"
     title: ClassVar[str] = "The request is malformed"
 
-    def __init__(self, detail: str, headers: dict[str, str] | None = None, **context: str | None) -> None:
+    def __init__(
+        self, detail: str, *, headers: dict[str, str] | None = None, audit: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
-        self.context = context  # identifiers for the audit line (actor, subject, jti, sid): never secrets
+        self.audit = dict(audit or {})  # identifiers for the audit line (actor, subject, jti, sid): never secrets
 
 
 class InvalidRequest(Refusal):
@@ -31,7 +34,7 @@ class Unauthenticated(Refusal):
     title = "A valid bearer token is required"
 
     def __init__(self, detail: str) -> None:
-        super().__init__(detail, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 class CustomerSession(Unauthenticated):
@@ -107,10 +110,25 @@ class CoworkerNotFound(Refusal):
     title = "No such coworker for this caller"
 
 
+class RateLimited(Refusal):
+    status = 429
+    code = "rate-limited"
+    title = "Too many impersonation requests"
+
+    def __init__(self, detail: str, retry_after: str) -> None:
+        super().__init__(detail, headers={"Retry-After": retry_after})
+
+
+class SessionNotFound(Refusal):
+    status = 404
+    code = "session-not-found"
+    title = "No such session for this caller"
+
+
 class Unavailable(Refusal):
     status = 503
     code = "unavailable"
     title = "A backing service is unreachable; nothing was issued"
 
     def __init__(self, detail: str) -> None:
-        super().__init__(detail, {"Retry-After": "1"})
+        super().__init__(detail, headers={"Retry-After": "1"})

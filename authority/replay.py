@@ -1,28 +1,60 @@
-"""The single-use allowlist: a token's ``jti`` is *issued* at mint and turned *used* by exactly one exchange.
+"""The single-use allowlist, and the sessions it turns into: one Redis key per impersonation token.
 
-Consumption is one Lua script, so it is atomic on the server: two racing exchanges, a retry, or a replay after a
-failover can only ever see *issued* once. Anything not on the list (never issued, expired, or lost with Redis
-data) is refused, so data loss fails closed.
+``<prefix>jti:<jti>`` goes *issued* (at mint) → *active* (at the one exchange; the session's id is this jti) →
+*revoked* (on a replay, or by an operator). Every transition is one Lua script on that one key, so it is atomic on
+the server and never spans Cluster slots: two racing exchanges, a retry, or a replay after a failover can only ever
+see *issued* once. Anything not on the list (never issued, expired, or lost with Redis data) is refused, and a
+session whose record is gone introspects as inactive: data loss fails closed.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Literal
 
+import msgspec
 from redis.asyncio import Redis
 
-# KEYS[1] = jti key; ARGV[1] = the session id this exchange creates.
-# Returns {0} unknown, {1} consumed, {2, sid} already used (sid = the session the first use produced).
+from authority.tokens import Actor
+
+# KEYS[1] = the jti key; ARGV[1] = session record (JSON); ARGV[2] = its TTL in seconds.
+# {0} unknown; {1} consumed, now active; {2, 1} a replay that revoked the session just now; {2, 0} a replay of a
+# token whose session was already revoked.
 _CONSUME = """
 local value = redis.call('GET', KEYS[1])
 if not value then return {0} end
 if value == 'issued' then
-  redis.call('SET', KEYS[1], 'used:' .. ARGV[1], 'KEEPTTL')
+  redis.call('SET', KEYS[1], 'active:' .. ARGV[1], 'EX', ARGV[2])
   return {1}
 end
-return {2, string.sub(value, 6)}
+if string.sub(value, 1, 7) == 'active:' then
+  redis.call('SET', KEYS[1], 'revoked:' .. string.sub(value, 8), 'KEEPTTL')
+  return {2, 1}
+end
+return {2, 0}
 """
+
+# KEYS[1] = the jti key. 1: revoked now; 2: was already revoked; 0: no such session (unknown, or not exchanged).
+_REVOKE = """
+local value = redis.call('GET', KEYS[1])
+if not value then return 0 end
+if string.sub(value, 1, 7) == 'active:' then
+  redis.call('SET', KEYS[1], 'revoked:' .. string.sub(value, 8), 'KEEPTTL')
+  return 1
+end
+if string.sub(value, 1, 8) == 'revoked:' then return 2 end
+return 0
+"""
+
+
+class SessionRecord(msgspec.Struct, frozen=True):
+    """What an exchange records: enough to authorise a revocation and to answer introspection."""
+
+    sub: str
+    loc: str
+    act: Actor
+    exp: int
 
 
 class Outcome(enum.Enum):
@@ -34,16 +66,24 @@ class Outcome(enum.Enum):
 @dataclass(frozen=True)
 class Consumption:
     outcome: Outcome
-    first_session: str | None = None
+    revoked_now: bool = False
+
+
+@dataclass(frozen=True)
+class Session:
+    state: Literal["active", "revoked"]
+    record: SessionRecord
+
+
+_record_encoder = msgspec.json.Encoder()
 
 
 class Allowlist:
-    """``<prefix>jti:<jti>`` keys, one per token, each expiring with its token (plus skew)."""
-
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
         self._prefix = f"{prefix}jti:"
         self._consume = redis.register_script(_CONSUME)
+        self._revoke = redis.register_script(_REVOKE)
 
     async def issue(self, jti: str, ttl: int) -> None:
         """Record ``jti`` as issued; ``NX`` so a (vanishingly unlikely) duplicate jti never resets a used one."""
@@ -51,11 +91,25 @@ class Allowlist:
         if not created:
             raise RuntimeError("jti collision: refusing to issue a token twice")
 
-    async def consume(self, jti: str, session_id: str) -> Consumption:
-        reply = await self._consume(keys=[self._prefix + jti], args=[session_id])
+    async def consume(self, jti: str, record: SessionRecord, ttl: int) -> Consumption:
+        """Issued → active, once; a second call revokes the session the first one opened."""
+        reply = await self._consume(keys=[self._prefix + jti], args=[_record_encoder.encode(record), ttl])
         outcome = Outcome(int(reply[0]))
-        first = reply[1].decode() if outcome is Outcome.REPLAYED else None
-        return Consumption(outcome, first)
+        return Consumption(outcome, revoked_now=outcome is Outcome.REPLAYED and int(reply[1]) == 1)
+
+    async def session(self, sid: str) -> Session | None:
+        """The session opened by the exchange of token ``sid``; None if unknown, expired, lost or not exchanged."""
+        value = await self._redis.get(self._prefix + sid)
+        if value is None:
+            return None
+        state, _, body = (value if isinstance(value, bytes) else value.encode()).partition(b":")
+        if state not in (b"active", b"revoked"):
+            return None
+        return Session("active" if state == b"active" else "revoked", msgspec.json.decode(body, type=SessionRecord))
+
+    async def revoke(self, sid: str) -> bool:
+        """Revoke session ``sid``; False if there is no such session. Revoking twice is not an error."""
+        return int(await self._revoke(keys=[self._prefix + sid])) != 0
 
     async def ping(self) -> None:
         await self._redis.ping()

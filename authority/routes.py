@@ -10,12 +10,12 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter, URLEncodedBody
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
 from litestar.types import ControllerRouterHandler
 
 from authority.callers import Caller, Trust
-from authority.impersonation import Authority, Session
+from authority.impersonation import Authority, Revocation, Session
 from authority.refusals import Unavailable
 from authority.tokens import MAX_TOKEN_LENGTH
 
@@ -23,6 +23,7 @@ NO_STORE = CacheControlHeader(no_store=True)
 # Decimal digits only: "1e3", "+5" or " 5" are not ids, however a lenient int parser would read them.
 ID_PATTERN = r"^[1-9][0-9]{0,17}$"
 _ID_DOC = "the customer to impersonate (a positive integer)"
+SID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
 AuthorityDep = NamedDependency[Authority]
 
 
@@ -32,6 +33,13 @@ class MintResponse(msgspec.Struct, frozen=True):
 
 class ExchangeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN_LENGTH)]
+
+
+class IntrospectionRequest(msgspec.Struct, frozen=True):
+    """RFC 7662 section 2.1 (form-encoded); ``token_type_hint`` is accepted and, with one token type, ignored."""
+
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN_LENGTH)]
+    token_type_hint: str | None = None
 
 
 class Status(msgspec.Struct, frozen=True):
@@ -80,6 +88,29 @@ class MintController(Controller):
         return MintResponse(await authority.mint_for_team_admin(request.user, int(coworker_id)))
 
 
+class SessionController(Controller):
+    """Online checks for services that need them: revoke a session, introspect an access token."""
+
+    middleware = [DefineMiddleware(BearerAuth)]
+    cache_control = NO_STORE
+    tags = ["sessions"]
+
+    @post("/api/sys/sessions/{sid:str}/revoke", status_code=HTTP_200_OK, summary="Revoke an impersonated session")
+    async def revoke(
+        self,
+        request: Request[Caller, None, State],
+        authority: AuthorityDep,
+        sid: Annotated[str, PathParameter(pattern=SID_PATTERN, description="the session_id from the exchange")],
+    ) -> Revocation:
+        return await authority.revoke(request.user, sid)
+
+    @post("/oauth2/introspect", status_code=HTTP_200_OK, summary="RFC 7662 token introspection")
+    async def introspect(
+        self, request: Request[Caller, None, State], authority: AuthorityDep, data: URLEncodedBody[IntrospectionRequest]
+    ) -> dict[str, Any]:
+        return await authority.introspect(request.user, data.token)
+
+
 @post(
     "/api/sys/users/exchange",
     status_code=HTTP_200_OK,
@@ -113,6 +144,8 @@ async def discovery(authority: AuthorityDep) -> dict[str, Any]:
         "impersonation_endpoint": f"{base}/api/sys/users/impersonate",
         "team_impersonation_endpoint": f"{base}/api/public/coworkers/{{coworkerId}}/impersonate",
         "exchange_endpoint": s.exchange_audience,
+        "introspection_endpoint": f"{base}/oauth2/introspect",
+        "revocation_endpoint_template": f"{base}/api/sys/sessions/{{sid}}/revoke",
         "token_signing_alg_values_supported": sorted({k.alg for k in authority.keyring.keys}),
         "access_token_audience": s.session_audience,
     }
@@ -131,5 +164,5 @@ async def readyz(authority: AuthorityDep) -> Status:
     return Status("ready")
 
 
-ROUTES: list[ControllerRouterHandler] = [MintController, exchange, jwks, discovery, healthz, readyz]
+ROUTES: list[ControllerRouterHandler] = [MintController, SessionController, exchange, jwks, discovery, healthz, readyz]
 DEPENDENCIES = {"authority": Provide(provide_authority, sync_to_thread=False)}

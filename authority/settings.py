@@ -17,7 +17,7 @@ import msgspec
 PREFIX = "AUTHORITY_"
 SigningAlg = Literal["EdDSA", "ES256", "RS256"]
 CallerAlg = Literal["EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
-Seconds = Annotated[int, msgspec.Meta(ge=1)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class SettingsError(ValueError):
@@ -57,18 +57,22 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     key_alg: SigningAlg = "EdDSA"
     key_store: Literal["file", "redis"] = "file"
     key_rotation_s: Annotated[int, msgspec.Meta(ge=60)] = 86400
-    key_prepublish_s: Seconds = 3600
+    key_prepublish_s: Positive = 3600
     key_grace_s: Annotated[int, msgspec.Meta(ge=0)] = 300
     key_refresh_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     impersonation_ttl_s: Annotated[int, msgspec.Meta(ge=5, le=600)] = 60
-    session_ttl_s: Seconds = 900
-    session_max_ttl_s: Seconds = 3600
+    session_ttl_s: Positive = 900
+    session_max_ttl_s: Positive = 3600
     session_audience: str = "portal-api"
     session_client_id: str = "portal"
     clock_skew_s: Annotated[int, msgspec.Meta(ge=0, le=300)] = 10
     jwks_max_age_s: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 300
     max_body_bytes: Annotated[int, msgspec.Meta(ge=256, le=1_048_576)] = 8192
-    max_token_bytes: Annotated[int, msgspec.Meta(ge=256, le=65536)] = 4096
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=65536)] = 8192
+    mint_rate_per_actor: Positive = 30
+    mint_rate_per_location: Positive = 300
+    mint_rate_window_s: Positive = 60
+    audit_stream_maxlen: Annotated[int, msgspec.Meta(ge=100)] = 100_000
     directory_file: str | None = None
     trusted_issuers: list[TrustedIssuer] = msgspec.field(default_factory=list)
     data_dir: str = ".authority"

@@ -34,6 +34,7 @@ FORBIDDEN_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "c
 
 _jws = jwt.PyJWS()
 ClaimsT = TypeVar("ClaimsT", bound=msgspec.Struct)
+OursT = TypeVar("OursT", "ImpersonationClaims", "AccessClaims")
 
 
 class Actor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -172,20 +173,48 @@ def check_times(*, iat: int, nbf: int | None, exp: int, now: int, leeway: int, m
         raise InvalidToken("token lives longer than allowed")
 
 
+def _verify(
+    token: str,
+    keyring: Keyring,
+    kind: type[OursT],
+    typ: str,
+    *,
+    issuer: str,
+    audience: str,
+    now: int,
+    leeway: int,
+    max_life: int,
+) -> OursT:
+    header = read_header(token)
+    if not typ_matches(header, typ):
+        raise WrongTokenType(f"typ must be {typ}")
+    key = keyring.verifier(header["kid"], now, leeway)
+    if key is None:
+        raise UnknownKey("no published key has this kid")
+    claims = decode_claims(verify_signature(token, key.public, key.alg, header), kind)
+    if claims.iss != issuer:
+        raise WrongIssuer("iss is not this authority")
+    if claims.aud != audience:
+        raise WrongAudience(f"aud is not {audience}")
+    check_times(iat=claims.iat, nbf=claims.nbf, exp=claims.exp, now=now, leeway=leeway, max_life=max_life)
+    return claims
+
+
 def verify_impersonation(
     token: str, keyring: Keyring, *, issuer: str, audience: str, now: int, leeway: int, max_life: int
 ) -> ImpersonationClaims:
     """Accept ``token`` as one of our impersonation tokens, or raise the precise refusal."""
-    header = read_header(token)
-    if not typ_matches(header, IMPERSONATION_TYP):
-        raise WrongTokenType(f"typ must be {IMPERSONATION_TYP}")
-    key = keyring.verifier(header["kid"], now, leeway)
-    if key is None:
-        raise UnknownKey("no published key has this kid")
-    claims = decode_claims(verify_signature(token, key.public, key.alg, header), ImpersonationClaims)
-    if claims.iss != issuer:
-        raise WrongIssuer("iss is not this authority")
-    if claims.aud != audience:
-        raise WrongAudience("aud is not this authority's exchange endpoint")
-    check_times(iat=claims.iat, nbf=claims.nbf, exp=claims.exp, now=now, leeway=leeway, max_life=max_life)
-    return claims
+    return _verify(
+        token, keyring, ImpersonationClaims, IMPERSONATION_TYP, issuer=issuer, audience=audience, now=now,
+        leeway=leeway, max_life=max_life,
+    )  # fmt: skip
+
+
+def verify_access(
+    token: str, keyring: Keyring, *, issuer: str, audience: str, now: int, leeway: int, max_life: int
+) -> AccessClaims:
+    """Accept ``token`` as one of our access tokens (signature, typ, iss, aud, time; not revocation)."""
+    return _verify(
+        token, keyring, AccessClaims, ACCESS_TYP, issuer=issuer, audience=audience, now=now, leeway=leeway,
+        max_life=max_life,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from redis.asyncio import Redis
 
+from authority.audit import AuditLog
 from authority.cli import main
 from authority.keys import (
     FileKeyStore,
@@ -95,9 +96,10 @@ def start(redis_url: str) -> Start:
         async def tick() -> Keyring:
             redis = Redis.from_url(redis_url)
             try:
-                lock = RotationLock(redis, f"k{uuid.uuid4().hex[:12]}:")
-                keys = KeyManager(FileKeyStore(directory), lock, alg=alg, passphrase=passphrase, demo=demo,
-                                  schedule=SCHEDULE, clock=time.time)  # fmt: skip
+                prefix = f"k{uuid.uuid4().hex[:12]}:"
+                keys = KeyManager(FileKeyStore(directory), RotationLock(redis, prefix), alg=alg, passphrase=passphrase,
+                                  demo=demo, schedule=SCHEDULE, clock=time.time,
+                                  audit=AuditLog(redis, f"{prefix}audit", 1000))  # fmt: skip
                 return await keys.tick()
             finally:
                 await redis.aclose()

@@ -36,7 +36,13 @@ class Clock:
 
 @pytest.fixture
 def rotating(make_stack: Callable[..., Stack]) -> Stack:
-    return make_stack(key_rotation_s=ROTATION, key_prepublish_s=PREPUBLISH, key_refresh_s=60)
+    return make_stack(
+        key_rotation_s=ROTATION,
+        key_prepublish_s=PREPUBLISH,
+        key_refresh_s=60,
+        mint_rate_per_actor=10_000,
+        mint_rate_per_location=10_000,
+    )
 
 
 @contextmanager

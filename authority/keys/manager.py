@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from authority import audit
+from authority.audit import AuditLog
 from authority.keys.jwk import PrivateKey, public_jwk
 from authority.keys.keyring import Keyring, LoadedKey, new_record, unseal_record
 from authority.keys.lifecycle import KeyRecord, Plan, Schedule, plan, revoke, state
@@ -35,11 +35,13 @@ class KeyManager:
         demo: bool,
         schedule: Schedule,
         clock: Callable[[], float],
+        audit: AuditLog,
     ) -> None:
         if not passphrase and not demo:
             raise KeyStoreError("AUTHORITY_KEY_PASSPHRASE is required outside --demo: private keys are encrypted")
         self.store = store
         self.lock = lock
+        self.audit = audit
         self.alg = alg
         self.schedule = schedule
         self.clock = clock
@@ -81,14 +83,14 @@ class KeyManager:
         await self.store.save([*step.updates, *created])
         await self.store.delete(step.deletes)
         for record in created:
-            audit.emit(
+            self.audit.emit(
                 "key", "created", kid=record.kid, alg=record.alg, activates_at=record.activates_at, reason=reason
             )
         for record in step.updates:
             outcome = "revoked" if record.revoked else "rescheduled"
-            audit.emit("key", outcome, kid=record.kid, retires_at=record.retires_at, reason=reason)
+            self.audit.emit("key", outcome, kid=record.kid, retires_at=record.retires_at, reason=reason)
         for kid in step.deletes:
-            audit.emit("key", "removed", kid=kid, reason=reason)
+            self.audit.emit("key", "removed", kid=kid, reason=reason)
         changed = {r.kid: r for r in [*step.updates, *created]}
         kept = [changed.pop(r.kid, r) for r in records if r.kid not in step.deletes]
         return [*kept, *changed.values()]

@@ -1,0 +1,64 @@
+"""Connection-level guards that run before routing: request ids for the audit trail, and a cap on header size."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import msgspec
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+from authority.audit import REQUEST_ID
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestGuard(ASGIMiddleware):
+    """Tags each request with an id (the caller's ``X-Request-ID`` if it is sane, else a new one), echoes it, and
+    refuses requests whose headers exceed ``max_header_bytes`` with 431 before any of them is parsed further."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.max_header_bytes = max_header_bytes
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        headers = scope["headers"]
+        given = next((v for k, v in headers if k == b"x-request-id"), b"")
+        request_id = given.decode() if _REQUEST_ID.match(given) else secrets.token_hex(8)
+        token = REQUEST_ID.set(request_id)
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            if sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
+                scope["app"].state.audit.emit("refusal", "headers-too-large", status=431, path=scope["path"])
+                await _too_large(tagged, self.max_header_bytes)
+                return
+            await next_app(scope, receive, tagged)
+        finally:
+            REQUEST_ID.reset(token)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = msgspec.json.encode(
+        {
+            "type": "urn:authority:problem:headers-too-large",
+            "title": "Request headers too large",
+            "status": 431,
+            "detail": f"request headers exceed {limit} bytes",
+        }
+    )
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": 431,
+        "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())],
+    }
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)
