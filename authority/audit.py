@@ -74,9 +74,3 @@ class AuditLog:
     async def close(self) -> None:
         with contextlib.suppress(RedisError):
             await self.flush()
-
-
-async def tail(redis: Redis, stream: str, count: int) -> list[bytes]:
-    """The last ``count`` events, oldest first."""
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrevrange(stream, count=count)  # type: ignore[assignment]
-    return [fields[b"event"] for _, fields in reversed(entries)]

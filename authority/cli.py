@@ -1,4 +1,4 @@
-"""``authority`` command line: ``serve`` the API, manage ``keys``, print a demo ``dev-token``.
+"""``authority`` command line: ``serve`` the API, manage ``keys``, ``audit tail``, print a demo ``dev-token``.
 
 ``--demo`` is the one switch that allows plain-PEM keys, a private embedded Redis and the demo issuer; nothing in
 the environment can turn those on.
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import uvicorn
@@ -28,6 +29,7 @@ from authority.keys import KeyStoreError
 from authority.keys.lifecycle import state
 
 REDIS_URL_FILE = "redis.url"
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]  # stream entries as redis-py returns them
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -55,14 +57,43 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys(args: argparse.Namespace) -> int:
-    config = settings.load(demo=args.demo)
+def _operator_settings(demo_flag: bool) -> settings.Settings:
+    """Settings for a command acting on a running service; ``--demo`` finds the demo server started here."""
+    config = settings.load(demo=demo_flag)
     if config.demo and not config.redis_url:
         url_file = Path(config.data_dir) / REDIS_URL_FILE
         if not url_file.exists():
             raise settings.SettingsError(f"no demo server is running here ({url_file} is missing)")
         config = msgspec.structs.replace(config, redis_url=url_file.read_text().strip())
-    return asyncio.run(_keys_command(config, args))
+    return config
+
+
+def _keys(args: argparse.Namespace) -> int:
+    return asyncio.run(_keys_command(_operator_settings(args.demo), args))
+
+
+def _audit(args: argparse.Namespace) -> int:
+    return asyncio.run(_audit_tail(_operator_settings(args.demo), args.lines, args.follow))
+
+
+async def _audit_tail(config: settings.Settings, lines: int, follow: bool) -> int:
+    """Print the newest audit events, one JSON object a line; ``follow`` keeps printing new ones."""
+    redis = connect_redis(config)
+    stream = audit_log(config, redis).stream
+    try:
+        entries = cast(_Entries, await redis.xrevrange(stream, count=lines))
+        last = entries[0][0] if entries else b"$"
+        for _, fields in reversed(entries):
+            print(fields[b"event"].decode(), flush=True)
+        while follow:
+            streams = cast(list[tuple[bytes, _Entries]], await redis.xread({stream: last}, block=1000) or [])
+            for _, batch in streams:
+                for entry_id, fields in batch:
+                    print(fields[b"event"].decode(), flush=True)
+                    last = entry_id
+    finally:
+        await redis.aclose()
+    return 0
 
 
 async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> int:
@@ -120,6 +151,13 @@ def parser() -> argparse.ArgumentParser:
     retire = actions.add_parser("retire", help="emergency: KID leaves the JWKS at once, its tokens stop verifying")
     retire.add_argument("kid")
     keys.set_defaults(run=_keys)
+    audit = commands.add_parser("audit", help="read the audit stream")
+    audit.add_argument("--demo", action="store_true", help="read the stream of a running `serve --demo` here")
+    audit_actions = audit.add_subparsers(dest="audit_command", required=True)
+    tail = audit_actions.add_parser("tail", help="print the newest events, one JSON object a line")
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    audit.set_defaults(run=_audit)
     token = commands.add_parser("dev-token", help="print a caller bearer token from the demo issuer")
     token.add_argument("--role", required=True, choices=demo.ROLES)
     token.add_argument("--sub", required=True, help="caller id (a team admin's coworker id)")
