@@ -27,7 +27,7 @@ from authority.impersonation import Authority
 from authority.keys import FileKeyStore, KeyManager, KeyStore, KeyStoreError, RedisKeyStore, RotationLock, Schedule
 from authority.keys.keyring import unseal_record
 from authority.limits import MintLimiter
-from authority.middleware import RequestGuard
+from authority.middleware import RequestGuard, echo_request_id
 from authority.replay import Allowlist
 from authority.settings import Settings, SettingsError
 
@@ -132,6 +132,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         exception_handlers=problems.EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         middleware=[RequestGuard(settings.max_header_bytes)],
+        before_send=[echo_request_id],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="authority", version="0.1.0", path="/schema"),
     )

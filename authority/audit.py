@@ -36,7 +36,7 @@ class AuditLog:
         record: dict[str, Field | float] = {"ts": round(time.time(), 3), "event": event, "outcome": outcome}
         record.update({k: v for k, v in fields.items() if v is not None})
         request_id = REQUEST_ID.get()
-        if request_id:
+        if request_id and "request_id" not in record:
             record["request_id"] = request_id
         line = _encoder.encode(record)
         logger.info(line.decode())

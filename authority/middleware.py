@@ -16,8 +16,8 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 
 
 class RequestGuard(ASGIMiddleware):
-    """Tags each request with an id (the caller's ``X-Request-ID`` if it is sane, else a new one), echoes it, and
-    refuses requests whose headers exceed ``max_header_bytes`` with 431 before any of them is parsed further."""
+    """Tags each request with an id (the caller's ``X-Request-ID`` if it is sane, else a new one), and refuses
+    requests whose headers exceed ``max_header_bytes`` with 431 before any of them is parsed further."""
 
     scopes = (ScopeType.HTTP,)
 
@@ -28,21 +28,23 @@ class RequestGuard(ASGIMiddleware):
         headers = scope["headers"]
         given = next((v for k, v in headers if k == b"x-request-id"), b"")
         request_id = given.decode() if _REQUEST_ID.match(given) else secrets.token_hex(8)
-        token = REQUEST_ID.set(request_id)
+        # In the scope for what runs after an exception has left this middleware (the outer exception handler,
+        # the response hook); in a context variable for the audit events of the handler itself.
+        scope.setdefault("state", {})["request_id"] = request_id
+        REQUEST_ID.set(request_id)
+        if sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
+            scope["app"].state.audit.emit("refusal", "headers-too-large", status=431, path=scope["path"])
+            await _too_large(send, self.max_header_bytes)
+            return
+        await next_app(scope, receive, send)
 
-        async def tagged(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
 
-        try:
-            if sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
-                scope["app"].state.audit.emit("refusal", "headers-too-large", status=431, path=scope["path"])
-                await _too_large(tagged, self.max_header_bytes)
-                return
-            await next_app(scope, receive, tagged)
-        finally:
-            REQUEST_ID.reset(token)
+async def echo_request_id(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: every response, error responses included, carries its request id."""
+    if message["type"] == "http.response.start":
+        request_id = scope.get("state", {}).get("request_id")
+        if request_id:
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
 
 
 async def _too_large(send: Send, limit: int) -> None:

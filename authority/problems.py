@@ -39,6 +39,7 @@ def _respond(
         method=request.method,
         path=request.url.path,
         reason=problem.detail,
+        request_id=request.scope.get("state", {}).get("request_id"),
         **context,
     )
     return problem.to_response(request)

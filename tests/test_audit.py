@@ -1,0 +1,93 @@
+"""The audit trail: one event per request on the capped Redis stream, tied to the request id, never a secret."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from authority.cli import main
+from tests.conftest import PASSPHRASE, Stack
+from tests.test_api import EXCHANGE, STAFF
+
+
+def stream_events(stack: Stack) -> list[bytes]:
+    with redis.Redis.from_url(str(stack.settings.redis_url)) as direct:
+        entries = direct.xrange(f"{stack.settings.redis_prefix}audit")
+    return [fields[b"event"] for _, fields in entries]
+
+
+def test_one_event_per_request_none_lost_no_secrets(stack: Stack) -> None:
+    secrets_seen: list[str] = []
+    expected: list[tuple[str, str]] = []
+    with stack.client() as client:
+        n = 0
+
+        def call(method: str, path: str, event: str, outcome: str, **kwargs: Any) -> Any:
+            nonlocal n
+            n += 1
+            headers = {"X-Request-ID": f"req-{n}", **kwargs.pop("headers", {})}
+            response = client.request(method, path, headers=headers, **kwargs)
+            expected.append((event, outcome))
+            return response
+
+        operator, customer = stack.bearer("operator", "7"), stack.bearer("customer", "42")
+        secrets_seen += [operator["Authorization"][7:], customer["Authorization"][7:]]
+        token = call("GET", STAFF, "mint", "issued", params={"coworkerId": 42}, headers=operator).json()["token"]
+        call("GET", STAFF, "refusal", "coworker-not-found", params={"coworkerId": 999}, headers=operator)
+        call("GET", STAFF, "refusal", "customer-session", params={"coworkerId": 43}, headers=customer)
+        access = call("POST", EXCHANGE, "exchange", "session", json={"token": token}).json()["access_token"]
+        call("POST", EXCHANGE, "refusal", "token-replayed", json={"token": token})
+        call("POST", EXCHANGE, "refusal", "invalid-token", json={"token": "x.y.z"})
+        call("POST", "/oauth2/introspect", "introspection", "inactive", data={"token": access}, headers=operator)
+        token2 = call("GET", STAFF, "mint", "issued", params={"coworkerId": 43}, headers=operator).json()["token"]
+        session2 = call("POST", EXCHANGE, "exchange", "session", json={"token": token2}).json()
+        call("POST", f"/api/sys/sessions/{session2['session_id']}/revoke", "revocation", "revoked", headers=operator)
+        call("GET", STAFF, "refusal", "unauthenticated", params={"coworkerId": 42})
+        call("GET", STAFF, "refusal", "invalid-request", params={"coworkerId": "x"}, headers=operator)
+        call("GET", STAFF, "refusal", "headers-too-large", headers={"X-Padding": "p" * 9000})
+        secrets_seen += [token, access, token2, session2["access_token"]]
+        client.blocking_portal.call(client.app.state.audit.flush)
+
+    raw = stream_events(stack)
+    events = [json.loads(line) for line in raw]
+    requests = [e for e in events if e["event"] != "key"]  # key events belong to no request
+    assert [(e["event"], e["outcome"]) for e in requests] == expected
+    assert [e["request_id"] for e in requests] == [f"req-{i}" for i in range(1, len(expected) + 1)]
+    assert requests[0]["actor"] == "7"
+    assert requests[0]["subject"] == "42"
+    assert requests[0]["location"] == "1"
+    assert requests[3]["sid"] == requests[0]["jti"]
+    replay = requests[4]
+    assert (replay["jti"], replay["revoked"]) == (requests[0]["jti"], "now")
+    assert any(e["event"] == "key" and e["outcome"] == "created" for e in events)
+    for line in raw:
+        assert b"eyJ" not in line  # no JWT (header or payload) in any field
+        assert b"PRIVATE KEY" not in line
+        assert not any(secret.encode() in line for secret in secrets_seen)
+
+
+def test_the_stream_is_capped(make_stack: Any) -> None:
+    stack: Stack = make_stack(audit_stream_maxlen=100)
+    with stack.client() as client:
+        for _ in range(400):
+            client.post(EXCHANGE, json={"token": "x.y.z"})
+        client.blocking_portal.call(client.app.state.audit.flush)
+    assert 100 <= len(stream_events(stack)) < 400  # MAXLEN ~: trimmed in whole nodes, never unbounded
+
+
+def test_audit_tail_prints_the_newest_events(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with stack.client() as client:
+        for n in range(3):
+            client.post(EXCHANGE, json={"token": "x.y.z"}, headers={"X-Request-ID": f"tail-{n}"})
+        client.blocking_portal.call(client.app.state.audit.flush)
+    monkeypatch.setenv("AUTHORITY_REDIS_URL", str(stack.settings.redis_url))
+    monkeypatch.setenv("AUTHORITY_REDIS_PREFIX", stack.settings.redis_prefix)
+    monkeypatch.setenv("AUTHORITY_KEY_PASSPHRASE", PASSPHRASE)
+    assert main(["audit", "tail", "-n", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["request_id"] for e in lines] == ["tail-1", "tail-2"]
