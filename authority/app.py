@@ -16,7 +16,7 @@ from pathlib import Path
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from authority import problems, routes
@@ -38,12 +38,16 @@ def connect_redis(settings: Settings) -> Redis:
     if not settings.redis_url:
         raise SettingsError("AUTHORITY_REDIS_URL is required (only --demo starts a private server)")
     try:
-        return Redis.from_url(
+        # Not redis-py's BlockingConnectionPool: measured here at 2.4x the cost per command (172 vs 72 us). Past
+        # max_connections a request fails with 503 rather than queueing; size it above the server's concurrency.
+        pool = ConnectionPool.from_url(
             settings.redis_url,
+            max_connections=settings.redis_max_connections,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
             health_check_interval=30,
         )
+        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     except ValueError as exc:
         raise SettingsError(f"AUTHORITY_REDIS_URL: {exc}") from None
 
@@ -107,13 +111,21 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         audit = app.state.audit = audit_log(settings, redis)
         keys = key_manager(settings, redis, clock, audit)
         limiter = MintLimiter(
-            redis, settings.redis_prefix, per_actor=settings.mint_rate_per_actor,
-            per_location=settings.mint_rate_per_location, window_s=settings.mint_rate_window_s,
-        )  # fmt: skip
+            redis,
+            settings.redis_prefix,
+            per_actor=settings.mint_rate_per_actor,
+            per_location=settings.mint_rate_per_location,
+            window_s=settings.mint_rate_window_s,
+        )
+        allowlist = Allowlist(
+            redis,
+            settings.redis_prefix,
+            min_replicas=settings.redis_min_replicas,
+            replica_timeout_ms=settings.redis_replica_timeout_ms,
+        )
         app.state.authority = Authority(
-            settings, keys=keys, allowlist=Allowlist(redis, settings.redis_prefix), limiter=limiter,
-            directory=directory, audit=audit, clock=clock,
-        )  # fmt: skip
+            settings, keys=keys, allowlist=allowlist, limiter=limiter, directory=directory, audit=audit, clock=clock
+        )
         await start_keys(keys)
         background = [asyncio.create_task(keys.run(settings.key_refresh_s)), asyncio.create_task(audit.run())]
         try:

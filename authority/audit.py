@@ -56,7 +56,8 @@ class AuditLog:
                     pipe.xadd(self.stream, {"event": line}, maxlen=self._maxlen, approximate=True)
                 await pipe.execute()
         except RedisError:
-            self._pending.extendleft(reversed(batch))  # back in front, in order, for the next try
+            # Back in front, in order, for the next try; past the backlog, the oldest go first.
+            self._pending = deque([*batch, *self._pending], maxlen=self._pending.maxlen)
             raise
 
     async def run(self, retry_s: float = 1.0) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio.to_thread
 import jwt
@@ -31,12 +34,16 @@ from authority.tokens import (
     IMPERSONATION_TYP,
     check_times,
     read_header,
+    strict_json,
     typ_matches,
     verify_access,
     verify_signature,
 )
 
 STAFF_ROLES = frozenset({"admin", "operator"})
+REMEMBER_S = 60
+ID = re.compile(r"[1-9][0-9]{0,17}")
+REMEMBER_MAX = 10_000
 CUSTOMER_ROLE = "customer"
 
 
@@ -47,6 +54,7 @@ class Caller(msgspec.Struct, frozen=True):
     location: str | None
     coworker_id: int | None
     impersonated: bool
+    expires_at: int  # the bearer's exp: how long this verification may be remembered
 
 
 class _Unverified(msgspec.Struct):
@@ -59,7 +67,7 @@ def _unverified_issuer(token: str) -> str:
         segment = token.split(".")[1]
         payload = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         return msgspec.json.decode(payload, type=_Unverified).iss
-    except (IndexError, binascii.Error, ValueError, msgspec.DecodeError):
+    except (IndexError, binascii.Error, ValueError, RecursionError, msgspec.DecodeError):
         raise Unauthenticated("bearer token is malformed") from None
 
 
@@ -75,7 +83,7 @@ def bearer(authorization: str | None) -> str:
 class JwksSource:
     """An issuer's public keys: a JWKS file read once, or a URL fetched by PyJWKClient with its own cache."""
 
-    def __init__(self, issuer: TrustedIssuer, timeout: float) -> None:
+    def __init__(self, issuer: TrustedIssuer, timeout: int) -> None:
         self._client: jwt.PyJWKClient | None = None
         self._static: dict[str, jwt.PyJWK] = {}
         if issuer.jwks_file is not None:
@@ -85,7 +93,7 @@ class JwksSource:
                 raise ValueError(f"trusted issuer {issuer.issuer}: jwks_file: {exc}") from None
             self._static = {k.key_id: k for k in jwks.keys if k.key_id}
         elif issuer.jwks_url is not None:
-            self._client = jwt.PyJWKClient(issuer.jwks_url, cache_jwk_set=True, lifespan=300, timeout=int(timeout))
+            self._client = jwt.PyJWKClient(issuer.jwks_url, cache_jwk_set=True, lifespan=300, timeout=timeout)
 
     async def get(self, kid: str) -> jwt.PyJWK | None:
         if self._client is None:
@@ -96,7 +104,9 @@ class JwksSource:
         except jwt.PyJWKClientConnectionError:
             raise Unavailable("the caller's identity provider keys cannot be fetched") from None
         except jwt.PyJWKClientError:
-            return None
+            return None  # the set was fetched and holds no such kid
+        except (jwt.PyJWTError, ValueError):
+            raise Unavailable("the caller's identity provider serves an unusable key set") from None
 
 
 class Trust:
@@ -105,18 +115,31 @@ class Trust:
     def __init__(self, settings: Settings, keyring: Callable[[], Keyring]) -> None:
         self._settings = settings
         self._keyring = keyring
-        self._issuers = {i.issuer: (i, JwksSource(i, settings.redis_timeout_s * 10)) for i in settings.trusted_issuers}
+        self._issuers = {i.issuer: (i, JwksSource(i, settings.jwks_fetch_timeout_s)) for i in settings.trusted_issuers}
+        self._verified: OrderedDict[str, tuple[Caller, int]] = OrderedDict()
 
     async def authenticate(self, authorization: str | None, now: int) -> Caller:
+        """The verified caller. A successful verification is remembered for the exact token string, until its
+        ``exp`` and at most ``REMEMBER_S``: a portal client calls with the same bearer many times, and a signature
+        check costs more than the rest of a mint (measured in bench/). The price: a bearer whose issuer key is
+        withdrawn keeps working for up to ``REMEMBER_S``."""
         token = bearer(authorization)
+        remembered = self._verified.get(token)
+        if remembered is not None and now < remembered[1]:
+            return remembered[0]
         try:
             header = read_header(token)
             issuer = _unverified_issuer(token)
             if issuer == self._settings.public_issuer:
-                return self._own_session(token, now)
-            return await self._trusted(token, header, issuer, now)
+                caller = self._own_session(token, now)
+            else:
+                caller = await self._trusted(token, header, issuer, now)
         except InvalidToken as exc:
             raise Unauthenticated(f"bearer token refused: {exc.detail}") from None
+        self._verified[token] = (caller, min(caller.expires_at, now + REMEMBER_S))
+        if len(self._verified) > REMEMBER_MAX:
+            self._verified.popitem(last=False)  # oldest first; expired ones are simply never hit again
+        return caller
 
     def _own_session(self, token: str, now: int) -> Caller:
         """One of our own access tokens: always an impersonated session (it carries ``act``)."""
@@ -125,7 +148,7 @@ class Trust:
             token, self._keyring(), issuer=s.public_issuer, audience=s.session_audience, now=now,
             leeway=s.clock_skew_s, max_life=s.session_max_ttl_s,
         )  # fmt: skip
-        return Caller(claims.iss, claims.sub, None, claims.loc, None, impersonated=True)
+        return Caller(claims.iss, claims.sub, None, claims.loc, None, impersonated=True, expires_at=claims.exp)
 
     async def _trusted(self, token: str, header: dict[str, Any], issuer: str, now: int) -> Caller:
         entry = self._issuers.get(issuer)
@@ -142,21 +165,30 @@ class Trust:
         if alg not in config.algorithms:
             raise Unauthenticated(f"alg {alg!r} is not accepted from this issuer")
         payload = verify_signature(token, jwk.key, alg, header)
-        try:
-            claims = msgspec.json.decode(payload, type=dict[str, Any])
-        except msgspec.DecodeError:
-            raise Unauthenticated("bearer claims are malformed") from None
+        claims = strict_json(payload, dict[str, Any])
         return caller_from_claims(claims, config, now, self._settings.clock_skew_s)
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _int_claim(claims: Mapping[str, Any], name: str) -> int | None:
+    """A positive id from a claim: an integer, or a string of ASCII digits (str.isdigit also takes "\\u0665")."""
     value = claims.get(name)
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
+    if _is_int(value):
+        return value if value > 0 else None
+    if isinstance(value, str) and ID.fullmatch(value):
         return int(value)
+    return None
+
+
+def _numeric_date(value: object) -> int | None:
+    """RFC 7519 NumericDate: an integer or a finite non-integer number of seconds (floored); not a bool."""
+    if _is_int(value):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return math.floor(value)
     return None
 
 
@@ -168,9 +200,10 @@ def caller_from_claims(claims: Mapping[str, Any], config: TrustedIssuer, now: in
     audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
     if not set(config.audiences).intersection(a for a in audiences if isinstance(a, str)):
         raise Unauthenticated("bearer token is for another audience")
-    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat", 0)
-    if not isinstance(exp, int) or not isinstance(nbf, int | None) or not isinstance(iat, int):
-        raise Unauthenticated("bearer exp is required; exp, nbf and iat must be integers")
+    exp, iat = _numeric_date(claims.get("exp")), _numeric_date(claims.get("iat", 0))
+    nbf = None if claims.get("nbf") is None else _numeric_date(claims.get("nbf"))
+    if exp is None or iat is None or (nbf is None and claims.get("nbf") is not None):
+        raise Unauthenticated("bearer exp is required; exp, nbf and iat must be numeric dates")
     try:
         check_times(iat=iat, nbf=nbf, exp=exp, now=now, leeway=leeway, max_life=exp - iat)
     except InvalidToken as exc:
@@ -179,11 +212,12 @@ def caller_from_claims(claims: Mapping[str, Any], config: TrustedIssuer, now: in
     role, location = claims.get(config.role_claim), claims.get(config.location_claim)
     return Caller(
         issuer=config.issuer,
-        subject=str(subject) if isinstance(subject, str | int) else "",
+        subject=subject if isinstance(subject, str) else str(subject) if _is_int(subject) else "",
         role=role if isinstance(role, str) else None,
         location=str(location) if isinstance(location, str | int) and not isinstance(location, bool) else None,
         coworker_id=_int_claim(claims, config.coworker_claim),
         impersonated="act" in claims,
+        expires_at=exp,
     )
 
 

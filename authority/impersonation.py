@@ -82,16 +82,16 @@ class Authority:
     def keyring(self) -> Keyring:
         return self.keys.keyring
 
-    def _signer(self) -> LoadedKey:
-        signer = self.keyring.signer
+    def _signer(self, now: int) -> LoadedKey:
+        signer = self.keyring.signer_at(now)
         if signer is None:
             raise Unavailable("no active signing key")
         return signer
 
     async def mint_for_staff(self, caller: Caller, coworker_id: int) -> str:
         location = require_staff(caller)
-        await self.limiter.check(caller.issuer, caller.subject, location)
         if not await self.directory.is_coworker(location, coworker_id):
+            await self.limiter.check(caller.issuer, caller.subject, location)  # probing counts too
             raise CoworkerNotFound(
                 f"no coworker {coworker_id} in location {location}",
                 audit={"actor": caller.subject, "subject": str(coworker_id), "location": location},
@@ -100,9 +100,9 @@ class Authority:
 
     async def mint_for_team_admin(self, caller: Caller, coworker_id: int) -> str:
         location, admin_id = require_member(caller)
-        await self.limiter.check(caller.issuer, caller.subject, location)
         # One answer for "no such coworker" and "not in your teams": no existence oracle for team admins.
         if coworker_id == admin_id or not await self.directory.administers(location, admin_id, coworker_id):
+            await self.limiter.check(caller.issuer, caller.subject, location)  # probing counts too
             raise CoworkerNotFound(
                 f"no coworker {coworker_id} in a team you administer",
                 audit={"actor": caller.subject, "subject": str(coworker_id), "location": location},
@@ -111,14 +111,22 @@ class Authority:
 
     async def _mint(self, caller: Caller, coworker_id: int, location: str, role: str) -> str:
         s = self.settings
-        signer = self._signer()
+        now = int(self.clock())
+        signer = self._signer(now)
         claims = impersonation_claims(
             issuer=s.public_issuer, audience=s.exchange_audience, coworker_id=coworker_id, location=location,
-            actor=Actor(sub=caller.subject, role=role), jti=new_id(), now=int(self.clock()),
+            actor=Actor(sub=caller.subject, role=role, iss=caller.issuer), jti=new_id(), now=now,
             ttl=s.impersonation_ttl_s,
         )  # fmt: skip
         token = sign(claims, signer, IMPERSONATION_TYP)
-        await self.allowlist.issue(claims.jti, s.impersonation_ttl_s + s.clock_skew_s)
+        # One round trip: count the attempt and put the jti on the allowlist. Over the limit, the token is never
+        # handed out and its allowlist entry simply expires.
+        async with self.allowlist.pipeline() as pipe:
+            self.limiter.count(pipe, caller.issuer, caller.subject, location)
+            self.allowlist.issue(pipe, claims.jti, s.impersonation_ttl_s + s.clock_skew_s)
+            *counts, created = await pipe.execute()
+        self.limiter.judge(counts)
+        self.allowlist.issued(created)
         self.audit.emit(
             "mint", "issued", actor=caller.subject, role=role, subject=claims.sub, location=location,
             jti=claims.jti, kid=signer.kid,
@@ -134,7 +142,7 @@ class Authority:
             token, self.keyring, issuer=s.public_issuer, audience=s.exchange_audience, now=now,
             leeway=s.clock_skew_s, max_life=s.impersonation_ttl_s,
         )  # fmt: skip
-        signer = self._signer()
+        signer = self._signer(now)
         sid = grant.jti  # one key per impersonation: the allowlist entry becomes the session record
         record = SessionRecord(sub=grant.sub, loc=grant.loc, act=grant.act, exp=now + s.session_ttl_s)
         used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s)
@@ -160,7 +168,10 @@ class Authority:
         session = await self.allowlist.session(sid)
         allowed = session is not None and (
             (caller.role in ("admin", "operator") and caller.location == session.record.loc)
-            or (caller.subject == session.record.act.sub and caller.location == session.record.loc)
+            or (
+                (caller.issuer, caller.subject) == (session.record.act.iss, session.record.act.sub)
+                and caller.location == session.record.loc
+            )
         )
         if session is None or not allowed:
             raise SessionNotFound(f"no session {sid} you may revoke", audit={"actor": caller.subject, "sid": sid})

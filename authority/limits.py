@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from authority.refusals import RateLimited
 
@@ -33,16 +36,24 @@ class MintLimiter:
         self._per_actor = per_actor
         self._per_location = per_location
         self._window_ms = window_s * 1000
-        self._hit = redis.register_script(_HIT)
+
+    def count(self, pipe: Pipeline, issuer: str, actor: str, location: str) -> None:
+        """Queue the counting of one mint attempt on ``pipe`` (two replies; pass them to ``judge``), so the caller
+        can send it in the same round trip as its own commands."""
+        # EVAL, not EVALSHA: a pipeline holding registered scripts first asks SCRIPT EXISTS, a second round trip.
+        # The server caches the compiled script by its hash either way.
+        pipe.eval(_HIT, 1, f"{self._prefix}actor:{_bucket(f'{issuer}|{actor}')}", self._window_ms)
+        pipe.eval(_HIT, 1, f"{self._prefix}loc:{_bucket(location)}", self._window_ms)
 
     async def check(self, issuer: str, actor: str, location: str) -> None:
-        """Count one mint attempt; refuse it (429, with Retry-After) once either limit is passed."""
-        actor_key = f"{self._prefix}actor:{_bucket(f'{issuer}|{actor}')}"
-        location_key = f"{self._prefix}loc:{_bucket(location)}"
+        """Count one mint attempt on its own round trip, and judge it."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            await self._hit(keys=[actor_key], args=[self._window_ms], client=pipe)
-            await self._hit(keys=[location_key], args=[self._window_ms], client=pipe)
-            (actor_count, actor_ms), (location_count, location_ms) = await pipe.execute()
+            self.count(pipe, issuer, actor, location)
+            self.judge(await pipe.execute())
+
+    def judge(self, replies: Sequence[Any]) -> None:
+        """Refuse the attempt (429, with Retry-After) if either count passed its limit."""
+        (actor_count, actor_ms), (location_count, location_ms) = replies
         for count, limit, left_ms, scope in (
             (actor_count, self._per_actor, actor_ms, "caller"),
             (location_count, self._per_location, location_ms, "location"),

@@ -12,7 +12,7 @@ from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEven
 
 from authority.audit import REQUEST_ID
 
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
 class RequestGuard(ASGIMiddleware):
@@ -26,12 +26,7 @@ class RequestGuard(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         headers = scope["headers"]
-        given = next((v for k, v in headers if k == b"x-request-id"), b"")
-        request_id = given.decode() if _REQUEST_ID.match(given) else secrets.token_hex(8)
-        # In the scope for what runs after an exception has left this middleware (the outer exception handler,
-        # the response hook); in a context variable for the audit events of the handler itself.
-        scope.setdefault("state", {})["request_id"] = request_id
-        REQUEST_ID.set(request_id)
+        REQUEST_ID.set(request_id(scope))  # for the audit events of the handler itself
         if sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
             scope["app"].state.audit.emit("refusal", "headers-too-large", status=431, path=scope["path"])
             await _too_large(send, self.max_header_bytes)
@@ -39,12 +34,21 @@ class RequestGuard(ASGIMiddleware):
         await next_app(scope, receive, send)
 
 
+def request_id(scope: Scope) -> str:
+    """The request's id: the caller's ``X-Request-ID`` if it is sane, else a new one; kept in the scope so the
+    guard, the exception handlers (also for paths that match no route) and the response hook agree on it."""
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
+        state["request_id"] = given.decode() if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+    value: str = state["request_id"]
+    return value
+
+
 async def echo_request_id(message: Message, scope: Scope) -> None:
     """``before_send`` hook: every response, error responses included, carries its request id."""
     if message["type"] == "http.response.start":
-        request_id = scope.get("state", {}).get("request_id")
-        if request_id:
-            message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+        message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id(scope).encode())]
 
 
 async def _too_large(send: Send, limit: int) -> None:

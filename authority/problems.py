@@ -15,6 +15,7 @@ from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 
 from authority.audit import AuditLog
+from authority.middleware import request_id
 from authority.refusals import Refusal
 
 PROBLEM_BASE = "urn:authority:problem:"
@@ -39,7 +40,7 @@ def _respond(
         method=request.method,
         path=request.url.path,
         reason=problem.detail,
-        request_id=request.scope.get("state", {}).get("request_id"),
+        request_id=request_id(request.scope),
         **context,
     )
     return problem.to_response(request)
@@ -83,13 +84,27 @@ def on_redis(request: Request[Any, Any, Any], exc: RedisError) -> Response[Any]:
     """Redis unreachable or failing: fail closed with 503, whatever the request was."""
     logger.warning("redis error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     problem = ProblemDetailsException(
-        detail="the token store is unreachable; nothing was issued or accepted",
+        detail=(
+            "the token store did not answer; no token or session was handed out. An exchange may still have "
+            "spent its token: mint a new one rather than retrying it"
+        ),
         status_code=503,
         headers={"Retry-After": "1"},
         type_=PROBLEM_BASE + "unavailable",
         title="Service unavailable",
     )
     return _respond(request, problem, "unavailable")
+
+
+def on_undecodable(request: Request[Any, Any, Any], exc: UnicodeDecodeError | RecursionError) -> Response[Any]:
+    """What the body parser raises for bytes that are not UTF-8, or JSON nested past the decoder's depth."""
+    problem = ProblemDetailsException(
+        detail="the body is not UTF-8 JSON" if isinstance(exc, UnicodeDecodeError) else "the body is nested too deeply",
+        status_code=400,
+        type_=PROBLEM_BASE + "invalid-request",
+        title="The request is malformed",
+    )
+    return _respond(request, problem, "invalid-request")
 
 
 def on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -105,5 +120,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: on_validation,
     HTTPException: on_http,
     RedisError: on_redis,
+    UnicodeDecodeError: on_undecodable,
+    RecursionError: on_undecodable,
     Exception: on_crash,
 }

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
+from authority.refusals import Unavailable
 from authority.tokens import Actor
 
 # KEYS[1] = the jti key; ARGV[1] = session record (JSON); ARGV[2] = its TTL in seconds.
@@ -79,21 +81,52 @@ _record_encoder = msgspec.json.Encoder()
 
 
 class Allowlist:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    """``min_replicas`` > 0 makes every state change that must survive a failover (consume, revoke) wait until
+    that many replicas have it (``WAIT``); if they do not within ``replica_timeout_ms``, the request fails with 503
+    and hands nothing out. Replication is asynchronous otherwise: a primary lost before its replica saw an
+    exchange would let the promoted replica accept the same token once more."""
+
+    def __init__(self, redis: Redis, prefix: str, *, min_replicas: int = 0, replica_timeout_ms: int = 200) -> None:
         self._redis = redis
         self._prefix = f"{prefix}jti:"
         self._consume = redis.register_script(_CONSUME)
         self._revoke = redis.register_script(_REVOKE)
+        self._min_replicas = min_replicas
+        self._replica_timeout_ms = replica_timeout_ms
 
-    async def issue(self, jti: str, ttl: int) -> None:
-        """Record ``jti`` as issued; ``NX`` so a (vanishingly unlikely) duplicate jti never resets a used one."""
-        created = await self._redis.set(self._prefix + jti, "issued", ex=ttl, nx=True)
-        if not created:
-            raise RuntimeError("jti collision: refusing to issue a token twice")
+    async def _replicated(self, script: str, key: str, *args: bytes | int) -> Any:
+        """Run ``script`` and, in the same round trip, wait for ``min_replicas`` to have its effect."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.eval(script, 1, key, *args)
+            pipe.wait(self._min_replicas, self._replica_timeout_ms)
+            reply, acknowledged = await pipe.execute()
+        if int(acknowledged) < self._min_replicas:
+            raise Unavailable(
+                f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; nothing was handed out"
+            )
+        return reply
+
+    def pipeline(self) -> Pipeline:
+        """A non-transactional pipeline: several independent commands, one round trip."""
+        return self._redis.pipeline(transaction=False)
+
+    def issue(self, pipe: Pipeline, jti: str, ttl: int) -> None:
+        """Queue recording ``jti`` as issued; ``NX`` so a (vanishingly unlikely) duplicate jti never resets a used
+        one. Pass the reply to ``issued``."""
+        pipe.set(self._prefix + jti, "issued", ex=ttl, nx=True)
+
+    @staticmethod
+    def issued(reply: Any) -> None:
+        if not reply:
+            raise Unavailable("jti collision: refusing to issue the same token id twice; try again")
 
     async def consume(self, jti: str, record: SessionRecord, ttl: int) -> Consumption:
         """Issued → active, once; a second call revokes the session the first one opened."""
-        reply = await self._consume(keys=[self._prefix + jti], args=[_record_encoder.encode(record), ttl])
+        body = _record_encoder.encode(record)
+        if self._min_replicas:
+            reply = await self._replicated(_CONSUME, self._prefix + jti, body, ttl)
+        else:
+            reply = await self._consume(keys=[self._prefix + jti], args=[body, ttl])
         outcome = Outcome(int(reply[0]))
         return Consumption(outcome, revoked_now=outcome is Outcome.REPLAYED and int(reply[1]) == 1)
 
@@ -109,6 +142,8 @@ class Allowlist:
 
     async def revoke(self, sid: str) -> bool:
         """Revoke session ``sid``; False if there is no such session. Revoking twice is not an error."""
+        if self._min_replicas:
+            return int(await self._replicated(_REVOKE, self._prefix + sid)) != 0
         return int(await self._revoke(keys=[self._prefix + sid])) != 0
 
     async def ping(self) -> None:

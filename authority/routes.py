@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -16,7 +17,7 @@ from litestar.types import ControllerRouterHandler
 
 from authority.callers import Caller, Trust
 from authority.impersonation import Authority, Revocation, Session
-from authority.refusals import Unavailable
+from authority.refusals import InvalidRequest, Unavailable
 from authority.tokens import MAX_TOKEN_LENGTH
 
 NO_STORE = CacheControlHeader(no_store=True)
@@ -24,7 +25,16 @@ NO_STORE = CacheControlHeader(no_store=True)
 ID_PATTERN = r"^[1-9][0-9]{0,17}$"
 _ID_DOC = "the customer to impersonate (a positive integer)"
 SID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
+ID = re.compile(r"[1-9][0-9]{0,17}")
+SID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 AuthorityDep = NamedDependency[Authority]
+
+
+def parse_id(value: str) -> int:
+    """The pattern documents the id; this enforces it (``$`` in the pattern also lets a trailing newline by)."""
+    if not ID.fullmatch(value):
+        raise InvalidRequest("coworkerId must be a positive integer in decimal digits")
+    return int(value)
 
 
 class MintResponse(msgspec.Struct, frozen=True):
@@ -76,7 +86,7 @@ class MintController(Controller):
         authority: AuthorityDep,
         coworker_id: Annotated[str, QueryParameter(name="coworkerId", pattern=ID_PATTERN, description=_ID_DOC)],
     ) -> MintResponse:
-        return MintResponse(await authority.mint_for_staff(request.user, int(coworker_id)))
+        return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworker_id)))
 
     @get("/api/public/coworkers/{coworker_id:str}/impersonate", summary="Impersonation token for a team admin")
     async def team_admin(
@@ -85,7 +95,7 @@ class MintController(Controller):
         authority: AuthorityDep,
         coworker_id: Annotated[str, PathParameter(pattern=ID_PATTERN, description=_ID_DOC)],
     ) -> MintResponse:
-        return MintResponse(await authority.mint_for_team_admin(request.user, int(coworker_id)))
+        return MintResponse(await authority.mint_for_team_admin(request.user, parse_id(coworker_id)))
 
 
 class SessionController(Controller):
@@ -102,6 +112,8 @@ class SessionController(Controller):
         authority: AuthorityDep,
         sid: Annotated[str, PathParameter(pattern=SID_PATTERN, description="the session_id from the exchange")],
     ) -> Revocation:
+        if not SID.fullmatch(sid):
+            raise InvalidRequest("not a session id")
         return await authority.revoke(request.user, sid)
 
     @post("/oauth2/introspect", status_code=HTTP_200_OK, summary="RFC 7662 token introspection")
@@ -158,8 +170,11 @@ async def healthz() -> Status:
 
 @get("/readyz", tags=["probes"], summary="Readiness: Redis answers and a signing key is loaded")
 async def readyz(authority: AuthorityDep) -> Status:
-    if authority.keyring.signer is None:
+    now = int(authority.clock())
+    if authority.keyring.signer_at(now) is None:
         raise Unavailable("no active signing key")
+    if not authority.keys.fresh(now):
+        raise Unavailable("key records have not been re-read lately (see the logs)")
     await authority.allowlist.ping()
     return Status("ready")
 

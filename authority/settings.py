@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     redis_url: str | None = None
     redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:_.-]{1,64}$")] = "authority:"
     redis_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=30)] = 0.5
+    redis_max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
+    redis_min_replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
+    redis_replica_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 200
     keys_dir: str = "keys"
     key_passphrase: str | None = None
     key_alg: SigningAlg = "EdDSA"
@@ -67,6 +70,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     session_client_id: str = "portal"
     clock_skew_s: Annotated[int, msgspec.Meta(ge=0, le=300)] = 10
     jwks_max_age_s: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 300
+    jwks_fetch_timeout_s: Annotated[int, msgspec.Meta(ge=1, le=30)] = 3
     max_body_bytes: Annotated[int, msgspec.Meta(ge=256, le=1_048_576)] = 8192
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=65536)] = 8192
     mint_rate_per_actor: Positive = 30

@@ -62,7 +62,7 @@ def test_staff_mint_then_exchange_once(client: TestClient[Any], stack: Stack) ->
     )
     assert claims["sub"] == "42"
     assert claims["loc"] == "1"
-    assert claims["act"] == {"sub": "7", "role": "operator"}
+    assert claims["act"] == {"sub": "7", "role": "operator", "iss": "urn:authority:demo-issuer"}
     assert claims["exp"] - claims["iat"] == 60
     assert len(claims["jti"]) >= 22  # 128 bits, base64url
 
@@ -84,7 +84,7 @@ def test_staff_mint_then_exchange_once(client: TestClient[Any], stack: Stack) ->
     )
     assert at["sub"] == "42"
     assert at["sid"] == session["session_id"]
-    assert at["act"] == {"sub": "7", "role": "operator"}
+    assert at["act"] == {"sub": "7", "role": "operator", "iss": "urn:authority:demo-issuer"}
     assert at["client_id"] == "portal"
     assert at["exp"] - at["iat"] == 900
     assert at["jti"] != claims["jti"]
@@ -103,7 +103,7 @@ def test_team_admin_mints_for_own_team_member(client: TestClient[Any], stack: St
     assert response.status_code == 200, response.text
     claims = jwt.decode(response.json()["token"], options={"verify_signature": False})
     assert claims["sub"] == "43"
-    assert claims["act"] == {"sub": "5", "role": "team-admin"}
+    assert claims["act"] == {"sub": "5", "role": "team-admin", "iss": "urn:authority:demo-issuer"}
     assert client.post(EXCHANGE, json={"token": response.json()["token"]}).status_code == 200
 
 

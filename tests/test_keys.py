@@ -80,7 +80,7 @@ def loaded(record: KeyRecord, key_state: State) -> LoadedKey:
 def signed_by(key: LoadedKey) -> str:
     claims = impersonation_claims(
         issuer="https://a.example", audience="https://a.example/x", coworker_id=42, location="1",
-        actor=Actor(sub="7", role="operator"), jti="j", now=1000, ttl=60,
+        actor=Actor(sub="7", role="operator", iss="urn:portal"), jti="j", now=1000, ttl=60,
     )  # fmt: skip
     return sign(claims, key, IMPERSONATION_TYP)
 
@@ -165,7 +165,7 @@ def test_keyrings_per_alg_publish_jwks_pyjwt_accepts(start: Start, tmp_path: Pat
     assert published.key_id == key.kid
     claims = jwt.decode(token, published, algorithms=[alg], audience="https://a.example/x",
                         options={"verify_exp": False})  # fmt: skip
-    assert claims["act"] == {"sub": "7", "role": "operator"}
+    assert claims["act"] == {"sub": "7", "role": "operator", "iss": "urn:portal"}
 
 
 @pytest.mark.parametrize("alg", ["EdDSA", "ES256", "RS256"])

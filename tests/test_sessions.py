@@ -48,7 +48,7 @@ def test_introspection_of_a_live_session(client: TestClient[Any], stack: Stack) 
     assert info["active"] is True
     assert info["sub"] == "42"
     assert info["sid"] == s["session_id"]
-    assert info["act"] == {"sub": "7", "role": "operator"}
+    assert info["act"] == {"sub": "7", "role": "operator", "iss": "urn:authority:demo-issuer"}
     assert info["token_type"] == "Bearer"
     assert info["aud"] == "portal-api"
 

@@ -54,8 +54,14 @@ class Keyring:
 
     @property
     def signer(self) -> LoadedKey | None:
-        """The one active key (the latest activated, should records briefly disagree)."""
+        """The signer as of when this keyring was built (for listings; the service asks ``signer_at``)."""
         active = [k for k in self.keys if k.state == "active"]
+        return max(active, key=lambda k: k.record.activates_at) if active else None
+
+    def signer_at(self, now: int) -> LoadedKey | None:
+        """The key that signs *now*, judged from its times: a replica whose refresh is late neither signs with a
+        key past its term nor misses the activation of a key it already publishes."""
+        active = [k for k in self.keys if state(k.record, now) == "active"]
         return max(active, key=lambda k: k.record.activates_at) if active else None
 
     def verifier(self, kid: str, now: int, leeway: int) -> LoadedKey | None:

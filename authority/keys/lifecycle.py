@@ -93,11 +93,13 @@ def plan(records: Sequence[KeyRecord], now: int, schedule: Schedule, *, rotate_n
         if pending:
             return Plan(updates=(msgspec.structs.replace(pending[0], activates_at=now),), deletes=deletes)
         return Plan(new_key_at=now, deletes=deletes)
+    # Two signers can only come from two rotators (a lock that expired mid-round): the older one retires now.
+    extra = tuple(_supersede(r, now, schedule) for r in live if state(r, now) == "active" and r.kid != current.kid)
     due = current.activates_at + schedule.rotation_s
     if pending or (not rotate_now and now < due - schedule.prepublish_s):
-        return Plan(deletes=deletes)
+        return Plan(updates=extra, deletes=deletes)
     starts = now + schedule.prepublish_s if rotate_now else max(now + schedule.prepublish_s, due)
-    return Plan(updates=(_supersede(current, starts, schedule),), new_key_at=starts, deletes=deletes)
+    return Plan(updates=(*extra, _supersede(current, starts, schedule)), new_key_at=starts, deletes=deletes)
 
 
 def revoke(records: Sequence[KeyRecord], kid: str, now: int, schedule: Schedule) -> Plan:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
+
+import anyio.to_thread
 
 from authority.audit import AuditLog
 from authority.keys.jwk import PrivateKey, public_jwk
@@ -50,36 +53,46 @@ class KeyManager:
         self._private: dict[str, PrivateKey] = {}  # unsealing is slow (KDF): once per key per process
         self.records: list[KeyRecord] = []
         self.keyring = Keyring(())
+        self.refreshed_at: int | None = None
+        self.interval_s = 2.0
 
     def _now(self) -> int:
         return int(self.clock())
 
-    def _loaded(self, record: KeyRecord, now: int) -> LoadedKey:
+    async def _loaded(self, record: KeyRecord, now: int) -> LoadedKey:
         private = self._private.get(record.kid)
         if private is None:
-            private = unseal_record(record, self._passphrase, demo=self._demo, source=str(self.store))
-            self._private[record.kid] = private
+            # In a thread: a passphrase KDF (and RSA) takes long enough to stall every request on the loop.
+            unseal = partial(unseal_record, record, self._passphrase, demo=self._demo, source=str(self.store))
+            private = self._private[record.kid] = await anyio.to_thread.run_sync(unseal)
         public = private.public_key()
         return LoadedKey(record, private, public, public_jwk(public, record.alg), state(record, now))
 
-    def _install(self, records: list[KeyRecord], now: int) -> None:
+    def fresh(self, now: int) -> bool:
+        """Whether the records were read lately: a replica that cannot read them should not take traffic."""
+        return self.refreshed_at is not None and now - self.refreshed_at <= max(10, 3 * self.interval_s)
+
+    async def _install(self, records: list[KeyRecord], now: int) -> None:
         published = [r for r in records if state(r, now) != "removed"]
-        keys = tuple(self._loaded(r, now) for r in published)
-        if [(k.record, k.state) for k in keys] != [(k.record, k.state) for k in self.keyring.keys]:
-            self.keyring = Keyring(keys)
+        keys = Keyring(tuple([await self._loaded(r, now) for r in published]))
+        if [(k.record, k.state) for k in keys.keys] != [(k.record, k.state) for k in self.keyring.keys]:
+            self.keyring = keys
         self.records = records
+        self.refreshed_at = now
         live = {r.kid for r in published}
         self._private = {kid: key for kid, key in self._private.items() if kid in live}
 
     async def refresh(self) -> Keyring:
         """Re-read the records and re-derive states (a pending key may have become active since)."""
-        self._install(await self.store.load(), self._now())
+        await self._install(await self.store.load(), self._now())
         return self.keyring
 
     async def _apply(self, step: Plan, records: list[KeyRecord], now: int, reason: str) -> list[KeyRecord]:
         created = []
         if step.new_key_at is not None:
-            created.append(new_record(self.alg, self._passphrase, now=now, activates_at=step.new_key_at))
+            make = partial(new_record, self.alg, self._passphrase, now=now, activates_at=step.new_key_at)
+            created.append(await anyio.to_thread.run_sync(make))  # RSA generation takes up to a second
+        await self.lock.confirm()
         await self.store.save([*step.updates, *created])
         await self.store.delete(step.deletes)
         for record in created:
@@ -104,7 +117,7 @@ class KeyManager:
                 if mine:
                     records = await self.store.load()  # re-read under the lock: another replica may have acted
                     records = await self._apply(plan(records, now, self.schedule), records, now, "schedule")
-        self._install(records, now)
+        await self._install(records, now)
         return self.keyring
 
     async def _locked(self, make: Callable[[list[KeyRecord], int], Plan], reason: str, wait_s: float = 20) -> None:
@@ -115,7 +128,7 @@ class KeyManager:
                 if mine:
                     now = self._now()
                     records = await self.store.load()
-                    self._install(await self._apply(make(records, now), records, now, reason), now)
+                    await self._install(await self._apply(make(records, now), records, now, reason), now)
                     return
             if loop.time() > deadline:
                 raise TimeoutError("another replica holds the rotation lock")
@@ -131,6 +144,7 @@ class KeyManager:
 
     async def run(self, interval_s: float) -> None:
         """Background loop: keep ticking; a failed round (Redis down) is logged and retried, never fatal."""
+        self.interval_s = interval_s
         while True:
             await asyncio.sleep(interval_s)
             try:

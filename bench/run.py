@@ -1,0 +1,389 @@
+"""The benchmark: the authority against the framework ceiling and a real peer, in one run, on this machine.
+
+Starts a private Redis-compatible server, then for each ASGI server and worker count: (a) a bare Litestar JSON
+endpoint (the ceiling), (b) mint, (c) exchange with a fresh pre-minted token per request, (d) JWKS, each driven by
+wrk at a fixed concurrency; then node oidc-provider's client-credentials grant (EdDSA JWTs) as the peer. The
+authority runs with production settings (encrypted keys, a trusted issuer with a JWKS file, rate limits on, audit
+on), started as ``authority.asgi:app`` exactly as the container starts it. Prints a table and writes
+``bench/results/results.json`` and ``bench/results/chart.png``.
+
+    python bench/run.py                  # the full run (about 15 minutes with the 10-minute soak)
+    python bench/run.py --soak 30        # a shorter soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from authority import demo  # noqa: E402
+from authority.app import connect_redis, key_manager  # noqa: E402
+from authority.audit import AuditLog  # noqa: E402
+from authority.callers import Caller  # noqa: E402
+from authority.directory import DEMO_DIRECTORY, FileDirectory  # noqa: E402
+from authority.embedded import EmbeddedRedis, free_port  # noqa: E402
+from authority.impersonation import Authority  # noqa: E402
+from authority.limits import MintLimiter  # noqa: E402
+from authority.replay import Allowlist  # noqa: E402
+from authority.settings import load  # noqa: E402
+
+LUA = ROOT / "bench" / "lua"
+RESULTS = ROOT / "bench" / "results"
+PEER = ROOT / "bench" / "peer"
+PY = sys.executable
+
+
+def wrk(url: str, script: str, args: list[str], seconds: int, *, connections: int, threads: int) -> dict[str, Any]:
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(LUA / script),
+        url,
+        "--",
+        *args,
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "BENCH_LUA": str(LUA)})
+    line = next(line for line in out.stdout.splitlines() if line.startswith("WRK_JSON "))
+    figures: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
+    return figures
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a server: the process and its workers."""
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+
+@contextmanager
+def server(kind: str, app: str, port: int, *, workers: int, env: dict[str, str], log: Path) -> Iterator[int]:
+    if kind == "uvicorn":
+        command = [
+            PY,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    else:
+        command = [
+            PY,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--no-ws",
+            "--log-level",
+            "warning",
+            app,
+        ]
+    with log.open("ab") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 60
+        probe = "/bare" if app.startswith("bench") else "/readyz"
+        while True:
+            assert process.poll() is None, f"{kind} exited; see {log}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"{kind} did not start; see {log}"
+            time.sleep(0.2)
+        yield process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def premint(env: dict[str, str], count: int) -> list[str]:
+    """Fresh tokens minted by the authority's own service code (sign + allowlist write), as the mint endpoint
+    would, so the exchange run spends one never-used token per request."""
+    settings = load(env)
+    redis = connect_redis(settings)
+    audit = AuditLog(None, "", 100)
+    keys = key_manager(settings, redis, time.time, audit)
+    await keys.refresh()
+    limiter = MintLimiter(redis, settings.redis_prefix, per_actor=10**9, per_location=10**9, window_s=60)
+    authority = Authority(
+        settings,
+        keys=keys,
+        allowlist=Allowlist(redis, settings.redis_prefix),
+        limiter=limiter,
+        directory=FileDirectory(DEMO_DIRECTORY),
+        audit=audit,
+    )
+    caller = Caller(demo.DEMO_ISSUER, "7", "operator", "1", None, impersonated=False, expires_at=2**31)
+    tokens: list[str] = []
+    while len(tokens) < count:
+        tokens += await asyncio.gather(*(authority.mint_for_staff(caller, 42) for _ in range(min(64, count))))
+    await redis.aclose()
+    return tokens[:count]
+
+
+def production_env(work: Path, redis_url: str, port: int) -> dict[str, str]:
+    issuer = demo.trusted_demo_issuer(work / "portal")  # an ordinary trusted issuer with a JWKS file
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")}
+    return {
+        **base,
+        "AUTHORITY_ISSUER": f"http://127.0.0.1:{port}",
+        "AUTHORITY_REDIS_URL": redis_url,
+        "AUTHORITY_REDIS_PREFIX": f"bench{port}:",
+        "AUTHORITY_KEYS_DIR": str(work / "keys"),
+        "AUTHORITY_KEY_PASSPHRASE": "bench passphrase",
+        "AUTHORITY_DIRECTORY_FILE": str(DEMO_DIRECTORY),
+        "AUTHORITY_TRUSTED_ISSUERS": msgspec.json.encode([issuer]).decode(),
+        "AUTHORITY_IMPERSONATION_TTL_S": "600",  # pre-minted tokens must outlive the exchange run
+        "AUTHORITY_MINT_RATE_PER_ACTOR": str(10**9),  # one caller drives all load: the limiter runs, never refuses
+        "AUTHORITY_MINT_RATE_PER_LOCATION": str(10**9),
+    }
+
+
+def half_rate_delay_ms(peak_rps: float, connections: int) -> str:
+    """Per-connection pause so that ``connections`` offer about half the peak rate."""
+    return str(max(1, round(connections / (peak_rps / 2) * 1000)))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="authority-bench-"))
+    log = work / "servers.log"
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, "runs": []}
+    seconds, conns, threads = args.duration, args.connections, args.threads
+    with EmbeddedRedis(work / "redis", persist=False) as redis_server:
+        for kind in args.servers:
+            for workers in args.workers:
+                port = free_port()
+                env = production_env(work, redis_server.url, port)
+                caller = demo.dev_token(work / "portal", role="operator", sub="7", location="1", ttl=86400)
+                base = f"http://127.0.0.1:{port}"
+                figures: dict[str, Any] = {"server": kind, "workers": workers}
+                with server(kind, "bench.bare:app", port, workers=workers, env=env, log=log):
+                    figures["bare"] = wrk(f"{base}/bare", "get.lua", ["-"], seconds, connections=conns, threads=threads)
+                with server(kind, "authority.asgi:app", port, workers=workers, env=env, log=log):
+                    mint_url = f"{base}/api/sys/users/impersonate?coworkerId=42"
+                    figures["mint"] = wrk(mint_url, "get.lua", [caller], seconds, connections=conns, threads=threads)
+                    figures["jwks"] = wrk(
+                        f"{base}/.well-known/jwks.json", "get.lua", ["-"], seconds, connections=conns, threads=threads
+                    )
+                    need = int(figures["mint"]["rps"] * seconds * 2) + 2000
+                    tokens = asyncio.run(premint(env, need))
+                    for t in range(threads):
+                        (work / f"tokens_{t + 1}.txt").write_text("\n".join(tokens[t::threads]) + "\n")
+                    figures["exchange"] = wrk(
+                        f"{base}/api/sys/users/exchange",
+                        "exchange.lua",
+                        [str(work / "tokens_")],
+                        seconds,
+                        connections=conns,
+                        threads=threads,
+                    )
+                for name in ("mint", "exchange", "jwks"):
+                    figures[name]["vs_bare"] = round(figures[name]["rps"] / figures["bare"]["rps"], 3)
+                print(summary_line(figures), flush=True)
+                results["runs"].append(figures)
+
+        best = max(results["runs"], key=lambda r: r["mint"]["rps"] + r["exchange"]["rps"])
+        results["chosen"] = {"server": best["server"], "workers": best["workers"]}
+        port = free_port()
+        env = production_env(work, redis_server.url, port)
+        caller = demo.dev_token(work / "portal", role="operator", sub="7", location="1", ttl=86400)
+        base = f"http://127.0.0.1:{port}"
+        with server(best["server"], "authority.asgi:app", port, workers=best["workers"], env=env, log=log) as pid:
+            mint_url = f"{base}/api/sys/users/impersonate?coworkerId=42"
+            half = {
+                "mint": wrk(
+                    mint_url,
+                    "get.lua",
+                    [caller, half_rate_delay_ms(best["mint"]["rps"], conns)],
+                    seconds,
+                    connections=conns,
+                    threads=threads,
+                )
+            }
+            tokens = asyncio.run(premint(env, int(best["exchange"]["rps"] * seconds) + 2000))
+            for t in range(threads):
+                (work / f"tokens_{t + 1}.txt").write_text("\n".join(tokens[t::threads]) + "\n")
+            half["exchange"] = wrk(
+                f"{base}/api/sys/users/exchange",
+                "exchange.lua",
+                [str(work / "tokens_"), half_rate_delay_ms(best["exchange"]["rps"], conns)],
+                seconds,
+                connections=conns,
+                threads=threads,
+            )
+            results["half_peak"] = half
+            rss_start = tree_rss(pid)
+            soak = wrk(
+                mint_url,
+                "get.lua",
+                [caller, half_rate_delay_ms(best["mint"]["rps"], conns)],
+                args.soak,
+                connections=conns,
+                threads=threads,
+            )
+            results["soak"] = {
+                "seconds": args.soak,
+                "rss_start_mb": round(rss_start / 2**20, 1),
+                "rss_end_mb": round(tree_rss(pid) / 2**20, 1),
+                "mint": soak,
+            }
+
+        results["peer"] = run_peer(seconds, conns, threads, log)
+        for name in ("mint", "exchange"):
+            best[name]["vs_peer"] = round(best[name]["rps"] / results["peer"]["rps"], 2)
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def run_peer(seconds: int, conns: int, threads: int, log: Path) -> dict[str, Any]:
+    if not (PEER / "node_modules" / "oidc-provider").exists():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=PEER, check=True)
+    port = free_port()
+    with log.open("ab") as sink:
+        process = subprocess.Popen(["node", "server.mjs", str(port)], cwd=PEER, stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/.well-known/openid-configuration", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "oidc-provider did not start"
+                time.sleep(0.2)
+        return wrk(f"http://127.0.0.1:{port}/token", "peer.lua", [], seconds, connections=conns, threads=threads)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['server']:8} workers={r['workers']}  bare {r['bare']['rps']:8.0f}/s  "
+        f"mint {r['mint']['rps']:7.0f}/s ({r['mint']['vs_bare']:.2f}x)  "
+        f"exchange {r['exchange']['rps']:7.0f}/s ({r['exchange']['vs_bare']:.2f}x)  "
+        f"jwks {r['jwks']['rps']:7.0f}/s ({r['jwks']['vs_bare']:.2f}x)"
+    )
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        "| server | workers | scenario | req/s | p50 ms | p99 ms | vs bare | vs peer | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        for name in ("bare", "mint", "exchange", "jwks"):
+            f = r[name]
+            rows.append(
+                f"| {r['server']} | {r['workers']} | {name} | {f['rps']:.0f} | {f['p50_ms']:.2f} | "
+                f"{f['p99_ms']:.2f} | {f.get('vs_bare', 1):.2f} | {f.get('vs_peer', '')} | {f['non_2xx']} |"
+            )
+    p = results["peer"]
+    rows.append(
+        f"| node oidc-provider | 1 | client_credentials | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
+        f"{p['p99_ms']:.2f} | | 1.00 | {p['non_2xx']} |"
+    )
+    chosen, half, soak = results["chosen"], results["half_peak"], results["soak"]
+    rows += ["", f"chosen: {chosen['server']} with {chosen['workers']} worker(s)"]
+    for name in ("mint", "exchange"):
+        rows.append(
+            f"half peak {name}: {half[name]['rps']:.0f}/s, p50 {half[name]['p50_ms']:.2f} ms, "
+            f"p99 {half[name]['p99_ms']:.2f} ms"
+        )
+    rows.append(
+        f"soak {soak['seconds']} s of mint at half peak: RSS {soak['rss_start_mb']} MB -> "
+        f"{soak['rss_end_mb']} MB, p99 {soak['mint']['p99_ms']:.2f} ms, non-2xx {soak['mint']['non_2xx']}"
+    )
+    return "\n".join(rows)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    labels, values = [], []
+    for r in results["runs"]:
+        for name in ("bare", "mint", "exchange", "jwks"):
+            labels.append(f"{r['server']}x{r['workers']}\n{name}")
+            values.append(r[name]["rps"])
+    labels.append("oidc-provider\nclient_credentials")
+    values.append(results["peer"]["rps"])
+    fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.9), 5))
+    ax.bar(range(len(values)), values, color=["#888" if "bare" in lab else "#369" for lab in labels[:-1]] + ["#c63"])
+    ax.set_xticks(range(len(values)), labels, fontsize=7)
+    ax.set_ylabel("requests / s")
+    ax.set_title("authority on this machine: throughput per scenario (wrk, same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--servers", nargs="+", default=["uvicorn", "granian"], choices=["uvicorn", "granian"])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--soak", type=int, default=600, help="seconds of the memory soak")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    results = run(args)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = table(results)
+    (RESULTS / "results.md").write_text(text + "\n")
+    chart(results, RESULTS / "chart.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
