@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -42,10 +43,13 @@ def free_port() -> int:
 class EmbeddedRedis:
     """Start, stop and restart one server process; ``persist`` keeps data across restarts (AOF)."""
 
-    def __init__(self, data_dir: Path, *, persist: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, persist: bool = True, port: int | None = None, extra: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.persist = persist
         self.port = port or free_port()
+        self.extra = list(extra)  # more server options, e.g. ["--replicaof", "127.0.0.1", "6379"]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,6 +76,7 @@ class EmbeddedRedis:
             "yes" if self.persist else "no",
             "--logfile",
             str((self.data_dir / "server.log").resolve()),
+            *self.extra,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

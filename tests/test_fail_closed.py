@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from authority.embedded import EmbeddedRedis
 from tests.conftest import Stack
@@ -40,3 +42,25 @@ def test_redis_down_is_503_and_restart_refuses_old_tokens(
         after = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
         assert client.post(EXCHANGE, json={"token": after}).status_code == 200
         assert client.get("/readyz").status_code == 200
+
+
+def test_with_min_replicas_an_unreplicated_exchange_hands_nothing_out(
+    private_redis: EmbeddedRedis, make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """With AUTHORITY_REDIS_MIN_REPLICAS, an exchange that no replica confirmed is a 503 with no session, so a
+    failover to a replica that never saw it can at most hand out the one session nobody received."""
+    stack = make_stack(redis_url=private_redis.url, redis_min_replicas=1, redis_replica_timeout_ms=100)
+    operator = stack.bearer("operator", "7")
+    with stack.client() as client:
+        alone = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
+        assert_problem(client.post(EXCHANGE, json={"token": alone}), 503, "unavailable")
+
+        replica_args = ["--replicaof", "127.0.0.1", str(private_redis.port)]
+        with EmbeddedRedis(tmp_path / "replica", persist=False, extra=replica_args) as replica:
+            with redis.Redis(port=replica.port) as direct:
+                for _ in range(200):
+                    if direct.info("replication").get("master_link_status") == "up":
+                        break
+                    time.sleep(0.05)
+            token = client.get(STAFF, params={"coworkerId": 43}, headers=operator).json()["token"]
+            assert client.post(EXCHANGE, json={"token": token}).status_code == 200
