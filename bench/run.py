@@ -49,6 +49,7 @@ LUA = ROOT / "bench" / "lua"
 RESULTS = ROOT / "bench" / "results"
 PEER = ROOT / "bench" / "peer"
 PY = sys.executable
+WARMUP_S = 3  # unmeasured load before each server's first measured run (JITs, pools, caches)
 
 
 def wrk(url: str, script: str, args: list[str], seconds: int, *, connections: int, threads: int) -> dict[str, Any]:
@@ -205,9 +206,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 base = f"http://127.0.0.1:{port}"
                 figures: dict[str, Any] = {"server": kind, "workers": workers}
                 with server(kind, "bench.bare:app", port, workers=workers, env=env, log=log):
+                    wrk(f"{base}/bare", "get.lua", ["-"], WARMUP_S, connections=conns, threads=threads)
                     figures["bare"] = wrk(f"{base}/bare", "get.lua", ["-"], seconds, connections=conns, threads=threads)
                 with server(kind, "authority.asgi:app", port, workers=workers, env=env, log=log):
                     mint_url = f"{base}/api/sys/users/impersonate?coworkerId=42"
+                    wrk(mint_url, "get.lua", [caller], WARMUP_S, connections=conns, threads=threads)
                     figures["mint"] = wrk(mint_url, "get.lua", [caller], seconds, connections=conns, threads=threads)
                     figures["jwks"] = wrk(
                         f"{base}/.well-known/jwks.json", "get.lua", ["-"], seconds, connections=conns, threads=threads
@@ -297,6 +300,7 @@ def run_peer(seconds: int, conns: int, threads: int, log: Path) -> dict[str, Any
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "oidc-provider did not start"
                 time.sleep(0.2)
+        wrk(f"http://127.0.0.1:{port}/token", "peer.lua", [], WARMUP_S, connections=conns, threads=threads)
         return wrk(f"http://127.0.0.1:{port}/token", "peer.lua", [], seconds, connections=conns, threads=threads)
     finally:
         process.terminate()
