@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -53,7 +54,7 @@ def connect_redis(settings: Settings) -> Redis:
 
 
 def audit_log(settings: Settings, redis: Redis) -> AuditLog:
-    return AuditLog(redis, f"{settings.redis_prefix}audit", settings.audit_stream_maxlen)
+    return AuditLog(redis, f"{settings.redis_prefix}audit", settings.audit_stream_maxlen, log=sys.stderr)
 
 
 def key_manager(settings: Settings, redis: Redis, clock: Callable[[], float], audit: AuditLog) -> KeyManager:
