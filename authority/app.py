@@ -17,6 +17,7 @@ from pathlib import Path
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
@@ -139,12 +140,13 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
             await audit.close()
             await redis.aclose()
 
+    prometheus = PrometheusConfig(app_name="authority", prefix="authority_http", group_path=True)
     app = Litestar(
-        route_handlers=routes.ROUTES,
+        route_handlers=[*routes.ROUTES, PrometheusController],
         dependencies=routes.DEPENDENCIES,
         exception_handlers=problems.EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        middleware=[RequestGuard(settings.max_header_bytes)],
+        middleware=[RequestGuard(settings.max_header_bytes), prometheus.middleware],
         before_send=[echo_request_id],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="authority", version="0.1.0", path="/schema"),

@@ -20,6 +20,8 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from authority import metrics
+
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 logger = logging.getLogger("authority.audit")
 _encoder = msgspec.json.Encoder()
@@ -45,6 +47,8 @@ class AuditLog:
         if request_id and "request_id" not in record:
             record["request_id"] = request_id
         line = _encoder.encode(record)
+        role = fields.get("role")
+        metrics.count(event, outcome, role if isinstance(role, str) else None)
         if self._log is not None:
             self._lines.append(line)
         if self._redis is not None:

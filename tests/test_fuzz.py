@@ -42,6 +42,7 @@ OPERATIONS = {
     "GET /.well-known/openid-configuration",
     "GET /healthz",
     "GET /readyz",
+    "GET /metrics",
 }
 TEAM_PATH = "GET /api/public/coworkers/{coworker_id}/impersonate"
 
