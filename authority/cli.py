@@ -23,7 +23,8 @@ import uvicorn
 from redis.exceptions import RedisError
 
 from authority import demo, settings
-from authority.app import audit_log, connect_redis, create_app, key_manager
+from authority.app import audit_log, create_app, key_manager
+from authority.connection import connect_redis
 from authority.embedded import EmbeddedRedis
 from authority.keys import KeyStoreError
 from authority.keys.lifecycle import state

@@ -1,4 +1,5 @@
-"""Connection-level guards that run before routing: request ids for the audit trail, and a cap on header size."""
+"""Request guards: an id for every request (the audit trail's thread), and a cap on header size (route
+middleware: Litestar runs it for every request that matches a route, before anything of the request is parsed)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,12 @@ class InvalidRequest(Refusal):
     pass
 
 
+class UnsupportedMediaType(Refusal):
+    status = 415
+    code = "unsupported-media-type"
+    title = "The body must be application/json"
+
+
 class Unauthenticated(Refusal):
     status = 401
     code = "unauthenticated"

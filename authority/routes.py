@@ -17,7 +17,7 @@ from litestar.types import ControllerRouterHandler
 
 from authority.callers import Caller, Trust
 from authority.impersonation import Authority, Revocation, Session
-from authority.refusals import InvalidRequest, Unavailable
+from authority.refusals import InvalidRequest, Unavailable, UnsupportedMediaType
 from authority.tokens import MAX_TOKEN_LENGTH
 
 NO_STORE = CacheControlHeader(no_store=True)
@@ -86,6 +86,8 @@ class MintController(Controller):
         authority: AuthorityDep,
         coworker_id: Annotated[str, QueryParameter(name="coworkerId", pattern=ID_PATTERN, description=_ID_DOC)],
     ) -> MintResponse:
+        if len(request.query_params.getall("coworkerId")) != 1:
+            raise InvalidRequest("coworkerId must be given exactly once")
         return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworker_id)))
 
     @get("/api/public/coworkers/{coworker_id:str}/impersonate", summary="Impersonation token for a team admin")
@@ -130,7 +132,11 @@ class SessionController(Controller):
     tags=["impersonation"],
     summary="Exchange an impersonation token, once, for a bearer session",
 )
-async def exchange(data: JSONBody[ExchangeRequest], authority: AuthorityDep) -> Session:
+async def exchange(
+    request: Request[Any, Any, State], data: JSONBody[ExchangeRequest], authority: AuthorityDep
+) -> Session:
+    if request.content_type[0] != "application/json":
+        raise UnsupportedMediaType("send the token as application/json")
     return await authority.exchange(data.token)
 
 

@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:_.-]{1,64}$")] = "authority:"
     redis_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=30)] = 0.5
     redis_max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
+    redis_cluster: bool = False
     redis_min_replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
     redis_replica_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 200
     keys_dir: str = "keys"
@@ -89,6 +90,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise ValueError(
                 "key_prepublish_s must be at least jwks_max_age_s: every cached JWKS must hold a key before it signs"
             )
+        if self.redis_cluster and self.redis_min_replicas:
+            raise ValueError("redis_min_replicas needs one primary per key; with a Cluster set min-replicas-to-write")
         if self.key_prepublish_s >= self.key_rotation_s:
             raise ValueError("key_prepublish_s must be shorter than key_rotation_s")
 

@@ -35,9 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from authority import demo  # noqa: E402
-from authority.app import connect_redis, key_manager  # noqa: E402
+from authority.app import key_manager  # noqa: E402
 from authority.audit import AuditLog  # noqa: E402
 from authority.callers import Caller  # noqa: E402
+from authority.connection import connect_redis  # noqa: E402
 from authority.directory import DEMO_DIRECTORY, FileDirectory  # noqa: E402
 from authority.embedded import EmbeddedRedis, free_port  # noqa: E402
 from authority.impersonation import Authority  # noqa: E402

@@ -338,3 +338,17 @@ def test_token_responses_are_no_store_and_their_refusals_never_public(client: Te
     for response in refusals:
         assert "public" not in response.headers.get("cache-control", ""), response.text
         assert json.loads(response.text)["status"] == response.status_code
+
+
+def test_exchange_wants_json_and_spends_nothing_otherwise(client: TestClient[Any], stack: Stack) -> None:
+    token = mint(client, stack)
+    body = json.dumps({"token": token})
+    for media_type in ("text/plain", "application/x-www-form-urlencoded"):
+        response = client.post(EXCHANGE, content=body, headers={"content-type": media_type})
+        refused(response, 415, "unsupported-media-type")
+    assert client.post(EXCHANGE, json={"token": token}).status_code == 200
+
+
+def test_a_repeated_coworker_id_is_ambiguous(client: TestClient[Any], stack: Stack) -> None:
+    response = client.get(f"{STAFF}?coworkerId=42&coworkerId=43", headers=stack.bearer("operator", "7"))
+    refused(response, 400, "invalid-request")
