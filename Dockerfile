@@ -21,7 +21,7 @@ ENV PATH=/venv/bin:$PATH \
     AUTHORITY_KEYS_DIR=/keys \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
 VOLUME ["/keys"]
-USER authority
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]

@@ -30,6 +30,7 @@ from authority.impersonation import Authority
 from authority.keys import FileKeyStore, KeyManager, KeyStore, KeyStoreError, RedisKeyStore, RotationLock, Schedule
 from authority.keys.keyring import unseal_record
 from authority.limits import MintLimiter
+from authority.logs import logging_config
 from authority.middleware import RequestGuard, echo_request_id
 from authority.replay import Allowlist
 from authority.settings import Settings, SettingsError
@@ -132,6 +133,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         middleware=[RequestGuard(settings.max_header_bytes), prometheus.middleware],
         before_send=[echo_request_id],
         request_max_body_size=settings.max_body_bytes,
+        logging_config=logging_config(),
         openapi_config=OpenAPIConfig(title="authority", version="0.1.0", path="/schema"),
     )
     app.state.trust = Trust(settings, lambda: app.state.authority.keyring)

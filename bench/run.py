@@ -79,6 +79,25 @@ def tree_rss(pid: int) -> int:
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
 
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, f"{process.args!r} exited; see {log}"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer; see {log}"
+        time.sleep(0.2)
+
+
+def write_tokens(work: Path, tokens: list[str], threads: int) -> None:
+    """One file of tokens per wrk thread (exchange.lua reads ``tokens_<n>.txt``): no token is sent twice."""
+    for t in range(threads):
+        (work / f"tokens_{t + 1}.txt").write_text("\n".join(tokens[t::threads]) + "\n")
+
+
 @contextmanager
 def server(kind: str, app: str, port: int, *, workers: int, env: dict[str, str], log: Path) -> Iterator[int]:
     if kind == "uvicorn":
@@ -124,17 +143,7 @@ def server(kind: str, app: str, port: int, *, workers: int, env: dict[str, str],
     with log.open("ab") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink)
     try:
-        deadline = time.monotonic() + 60
-        probe = "/bare" if app.startswith("bench") else "/readyz"
-        while True:
-            assert process.poll() is None, f"{kind} exited; see {log}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"{kind} did not start; see {log}"
-            time.sleep(0.2)
+        wait_ready(f"http://127.0.0.1:{port}{'/bare' if app.startswith('bench') else '/readyz'}", process, log)
         yield process.pid
     finally:
         process.terminate()
@@ -218,8 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     need = int(figures["mint"]["rps"] * seconds * 2) + 2000
                     tokens = asyncio.run(premint(env, need))
-                    for t in range(threads):
-                        (work / f"tokens_{t + 1}.txt").write_text("\n".join(tokens[t::threads]) + "\n")
+                    write_tokens(work, tokens, threads)
                     figures["exchange"] = wrk(
                         f"{base}/api/sys/users/exchange",
                         "exchange.lua",
@@ -252,8 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             }
             tokens = asyncio.run(premint(env, int(best["exchange"]["rps"] * seconds) + 2000))
-            for t in range(threads):
-                (work / f"tokens_{t + 1}.txt").write_text("\n".join(tokens[t::threads]) + "\n")
+            write_tokens(work, tokens, threads)
             half["exchange"] = wrk(
                 f"{base}/api/sys/users/exchange",
                 "exchange.lua",
@@ -293,14 +300,7 @@ def run_peer(seconds: int, conns: int, threads: int, log: Path) -> dict[str, Any
     with log.open("ab") as sink:
         process = subprocess.Popen(["node", "server.mjs", str(port)], cwd=PEER, stdout=sink, stderr=sink)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/.well-known/openid-configuration", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "oidc-provider did not start"
-                time.sleep(0.2)
+        wait_ready(f"http://127.0.0.1:{port}/.well-known/openid-configuration", process, log)
         wrk(f"http://127.0.0.1:{port}/token", "peer.lua", [], WARMUP_S, connections=conns, threads=threads)
         return wrk(f"http://127.0.0.1:{port}/token", "peer.lua", [], seconds, connections=conns, threads=threads)
     finally:

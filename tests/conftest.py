@@ -7,12 +7,15 @@ prefix, so tests never see each other's data and never flush a server they do no
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from litestar.testing import TestClient
@@ -104,3 +107,19 @@ def stack(make_stack: Callable[..., Stack]) -> Stack:
 def client(stack: Stack) -> Iterator[TestClient[Any]]:
     with stack.client() as test_client:
         yield test_client
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[Any], seconds: float = 60) -> None:
+    """Poll ``url`` until it answers 200; fail with the process's stderr if it dies first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            output = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"the server exited with {process.returncode}: {output!r}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer 200 within {seconds} s"
+        time.sleep(0.1)

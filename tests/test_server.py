@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import jwt
 import pytest
 
 from authority.embedded import free_port
+from tests.conftest import wait_until_ready
 
 CLI = [str(Path(sys.executable).with_name("authority"))]
 
@@ -53,16 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         [*CLI, "serve", "--demo", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.1)
+    wait_until_ready(f"{base}/readyz", process)
     yield Server(base, cwd, env, process)
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -137,15 +128,7 @@ def test_stopping_the_server_stops_its_embedded_redis(tmp_path: Path) -> None:
     match = re.search(r"redis://127\.0\.0\.1:(\d+)", line)
     assert match, line
     redis_port = int(match.group(1))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until_ready(f"http://127.0.0.1:{port}/readyz", process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", redis_port), timeout=1):
