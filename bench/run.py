@@ -197,6 +197,27 @@ def production_env(work: Path, redis_url: str, port: int) -> dict[str, str]:
     }
 
 
+def crypto_floor(rounds: int = 2000) -> dict[str, float]:
+    """Microseconds per Ed25519 signature and verification on this machine: what no Python code can remove from
+    a mint (one signature) or an exchange (one verification, one signature)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    public, message = key.public_key(), b"x" * 400
+    signature = key.sign(message)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        key.sign(message)
+    signed = time.perf_counter()
+    for _ in range(rounds):
+        public.verify(signature, message)
+    verified = time.perf_counter()
+    return {
+        "ed25519_sign_us": round((signed - start) / rounds * 1e6, 1),
+        "ed25519_verify_us": round((verified - signed) / rounds * 1e6, 1),
+    }
+
+
 def half_rate_delay_ms(peak_rps: float, connections: int) -> str:
     """Per-connection pause so that ``connections`` offer about half the peak rate."""
     return str(max(1, round(connections / (peak_rps / 2) * 1000)))
@@ -205,7 +226,11 @@ def half_rate_delay_ms(peak_rps: float, connections: int) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="authority-bench-"))
     log = work / "servers.log"
-    results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, "runs": []}
+    results: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "floor": crypto_floor(),
+        "runs": [],
+    }
     seconds, conns, threads = args.duration, args.connections, args.threads
     with EmbeddedRedis(work / "redis", persist=False) as redis_server:
         for kind in args.servers:
@@ -336,6 +361,8 @@ def table(results: dict[str, Any]) -> str:
     )
     chosen, half, soak = results["chosen"], results["half_peak"], results["soak"]
     rows += ["", f"chosen: {chosen['server']} with {chosen['workers']} worker(s)"]
+    if floor := results.get("floor"):
+        rows.append(f"crypto floor: Ed25519 sign {floor['ed25519_sign_us']} us, verify {floor['ed25519_verify_us']} us")
     for name in ("mint", "exchange"):
         rows.append(
             f"half peak {name}: {half[name]['rps']:.0f}/s, p50 {half[name]['p50_ms']:.2f} ms, "
