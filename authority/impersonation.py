@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -42,9 +42,14 @@ from authority.tokens import (
 
 
 class Session(msgspec.Struct, frozen=True):
-    access_token: str
-    expires_in: int
-    session_id: str
+    access_token: Annotated[
+        str,
+        msgspec.Meta(description="an at+jwt (RFC 9068) whose act claim names the impersonator", examples=["eyJ..."]),
+    ]
+    expires_in: Annotated[int, msgspec.Meta(description="seconds", examples=[900])]
+    session_id: Annotated[
+        str, msgspec.Meta(description="for revocation; the sid claim", examples=["6XQDMFCnRYRSlb3gw9lUWw"])
+    ]
     token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
 
 

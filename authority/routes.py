@@ -11,13 +11,38 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import JSONBody, PathParameter, QueryParameter, URLEncodedBody
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
 from litestar.types import ControllerRouterHandler
 
 from authority.callers import Caller, Trust
 from authority.impersonation import Authority, Revocation, Session
-from authority.refusals import InvalidRequest, Unavailable, UnsupportedMediaType
+from authority.problems import PROBLEM_BASE
+from authority.refusals import (
+    BadSignature,
+    CoworkerNotFound,
+    CustomerSession,
+    Forbidden,
+    InvalidRequest,
+    InvalidToken,
+    NestedImpersonation,
+    RateLimited,
+    Refusal,
+    SessionNotFound,
+    TokenExpired,
+    TokenNotIssued,
+    TokenNotYetValid,
+    TokenReplayed,
+    Unauthenticated,
+    Unavailable,
+    UnknownKey,
+    UnsupportedMediaType,
+    WrongAudience,
+    WrongIssuer,
+    WrongTokenType,
+)
 from authority.tokens import MAX_TOKEN_LENGTH
 
 NO_STORE = CacheControlHeader(no_store=True)
@@ -37,8 +62,71 @@ def parse_id(value: str) -> int:
     return int(value)
 
 
+class Problem(msgspec.Struct, frozen=True):
+    """RFC 9457 problem details: every non-2xx answer has this shape (``application/problem+json``)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+def problems(*refusals: type[Refusal]) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the refusals a route can answer with, one example per refusal code."""
+    by_status: dict[int, list[type[Refusal]]] = {}
+    for refusal in refusals:
+        by_status.setdefault(refusal.status, []).append(refusal)
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            media_type="application/problem+json",
+            description="; ".join(f"`{r.code}`: {r.title}" for r in group),
+            generate_examples=False,
+            examples=[
+                Example(
+                    summary=r.code,
+                    value={"type": PROBLEM_BASE + r.code, "title": r.title, "status": r.status, "detail": "..."},
+                )
+                for r in group
+            ],
+        )
+        for status, group in sorted(by_status.items())
+    }
+
+
+_MINT_PROBLEMS = problems(
+    InvalidRequest,
+    Unauthenticated,
+    CustomerSession,
+    Forbidden,
+    NestedImpersonation,
+    CoworkerNotFound,
+    RateLimited,
+    Unavailable,
+)
+_EXCHANGE_PROBLEMS = problems(
+    InvalidRequest,
+    InvalidToken,
+    TokenExpired,
+    TokenNotYetValid,
+    WrongTokenType,
+    WrongAudience,
+    WrongIssuer,
+    UnknownKey,
+    BadSignature,
+    TokenReplayed,
+    TokenNotIssued,
+    UnsupportedMediaType,
+    Unavailable,
+)
+_SESSION_PROBLEMS = problems(InvalidRequest, Unauthenticated, NestedImpersonation, SessionNotFound, Unavailable)
+_JWT_EXAMPLE = "eyJhbGciOiJFZERTQSIsImtpZCI6IlJ5THNxRTZy...In0.eyJpc3MiOi...fQ.7nn8QlUgSjg2..."
+
+
 class MintResponse(msgspec.Struct, frozen=True):
-    token: str
+    token: Annotated[
+        str, msgspec.Meta(description="an imp+jwt, valid 60 s, exchangeable once", examples=[_JWT_EXAMPLE])
+    ]
 
 
 class ExchangeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,7 +167,7 @@ class MintController(Controller):
     cache_control = NO_STORE
     tags = ["impersonation"]
 
-    @get("/api/sys/users/impersonate", summary="Impersonation token for an admin or operator")
+    @get("/api/sys/users/impersonate", summary="Impersonation token for an admin or operator", responses=_MINT_PROBLEMS)
     async def staff(
         self,
         request: Request[Caller, None, State],
@@ -90,7 +178,11 @@ class MintController(Controller):
             raise InvalidRequest("coworkerId must be given exactly once")
         return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworker_id)))
 
-    @get("/api/public/coworkers/{coworker_id:str}/impersonate", summary="Impersonation token for a team admin")
+    @get(
+        "/api/public/coworkers/{coworker_id:str}/impersonate",
+        summary="Impersonation token for a team admin",
+        responses=_MINT_PROBLEMS,
+    )
     async def team_admin(
         self,
         request: Request[Caller, None, State],
@@ -107,7 +199,12 @@ class SessionController(Controller):
     cache_control = NO_STORE
     tags = ["sessions"]
 
-    @post("/api/sys/sessions/{sid:str}/revoke", status_code=HTTP_200_OK, summary="Revoke an impersonated session")
+    @post(
+        "/api/sys/sessions/{sid:str}/revoke",
+        status_code=HTTP_200_OK,
+        summary="Revoke an impersonated session",
+        responses=_SESSION_PROBLEMS,
+    )
     async def revoke(
         self,
         request: Request[Caller, None, State],
@@ -118,7 +215,12 @@ class SessionController(Controller):
             raise InvalidRequest("not a session id")
         return await authority.revoke(request.user, sid)
 
-    @post("/oauth2/introspect", status_code=HTTP_200_OK, summary="RFC 7662 token introspection")
+    @post(
+        "/oauth2/introspect",
+        status_code=HTTP_200_OK,
+        summary="RFC 7662 token introspection",
+        responses=problems(InvalidRequest, Unauthenticated, NestedImpersonation, Unavailable),
+    )
     async def introspect(
         self, request: Request[Caller, None, State], authority: AuthorityDep, data: URLEncodedBody[IntrospectionRequest]
     ) -> dict[str, Any]:
@@ -131,6 +233,7 @@ class SessionController(Controller):
     cache_control=NO_STORE,
     tags=["impersonation"],
     summary="Exchange an impersonation token, once, for a bearer session",
+    responses=_EXCHANGE_PROBLEMS,
 )
 async def exchange(
     request: Request[Any, Any, State], data: JSONBody[ExchangeRequest], authority: AuthorityDep
@@ -174,7 +277,12 @@ async def healthz() -> Status:
     return Status("ok")
 
 
-@get("/readyz", tags=["probes"], summary="Readiness: Redis answers and a signing key is loaded")
+@get(
+    "/readyz",
+    tags=["probes"],
+    summary="Readiness: Redis answers and a signing key is loaded",
+    responses=problems(Unavailable),
+)
 async def readyz(authority: AuthorityDep) -> Status:
     now = int(authority.clock())
     if authority.keyring.signer_at(now) is None:

@@ -284,3 +284,18 @@ def test_probes_and_schema(client: TestClient[Any]) -> None:
 def test_unknown_path_is_a_problem(client: TestClient[Any]) -> None:
     assert_problem(client.get("/nope"), 404, "not-found")
     assert_problem(client.delete(EXCHANGE), 405, "method-not-allowed")
+
+
+def test_openapi_documents_every_refusal_with_an_example(client: TestClient[Any]) -> None:
+    paths = client.get("/schema/openapi.json").json()["paths"]
+    staff = paths[STAFF]["get"]["responses"]
+    assert {"200", "400", "401", "403", "404", "429", "503"} <= staff.keys()
+    unauthorized = staff["401"]["content"]["application/problem+json"]
+    assert {e["value"]["type"] for e in unauthorized["examples"].values()} == {
+        "urn:authority:problem:unauthenticated",
+        "urn:authority:problem:customer-session",
+    }
+    exchange = paths[EXCHANGE]["post"]["responses"]
+    replay = exchange["401"]["content"]["application/problem+json"]["examples"]
+    assert any(e["value"]["type"] == "urn:authority:problem:token-replayed" for e in replay.values())
+    assert {"200", "400", "401", "415", "503"} <= exchange.keys()
