@@ -44,8 +44,15 @@ class EmbeddedRedis:
     """Start, stop and restart one server process; ``persist`` keeps data across restarts (AOF)."""
 
     def __init__(
-        self, data_dir: Path, *, persist: bool = True, port: int | None = None, extra: Sequence[str] = ()
+        self,
+        data_dir: Path,
+        *,
+        persist: bool = True,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        binary: str | None = None,
     ) -> None:
+        self.binary = binary
         self.data_dir = data_dir
         self.persist = persist
         self.port = port or free_port()
@@ -59,7 +66,7 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            server_binary(),
+            self.binary or server_binary(),
             "--port",
             str(self.port),
             "--bind",

