@@ -100,46 +100,12 @@ def write_tokens(work: Path, tokens: list[str], threads: int) -> None:
 
 @contextmanager
 def server(kind: str, app: str, port: int, *, workers: int, env: dict[str, str], log: Path) -> Iterator[int]:
+    common = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--loop", "uvloop"]
     if kind == "uvicorn":
-        command = [
-            PY,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
+        flags = ["--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        command = [PY, "-m", "uvicorn", app, *common, *flags]
     else:
-        command = [
-            PY,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--loop",
-            "uvloop",
-            "--no-ws",
-            "--log-level",
-            "warning",
-            app,
-        ]
+        command = [PY, "-m", "granian", "--interface", "asgi", *common, "--no-ws", "--log-level", "warning", app]
     with log.open("ab") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink)
     try:
