@@ -19,12 +19,11 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from authority import problems, routes
 from authority.audit import AuditLog
 from authority.callers import Trust
-from authority.connection import connect_redis
+from authority.connection import REDIS_ERRORS, connect_redis
 from authority.directory import DEMO_DIRECTORY, FileDirectory
 from authority.impersonation import Authority
 from authority.keys import FileKeyStore, KeyManager, KeyStore, KeyStoreError, RedisKeyStore, RotationLock, Schedule
@@ -81,9 +80,9 @@ async def start_keys(keys: KeyManager) -> None:
     """First round of the schedule. With Redis down, serve what local files hold; readiness tells the rest."""
     try:
         await keys.tick()
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         logger.warning("key schedule not run at start (%s); retrying in the background", type(exc).__name__)
-        with contextlib.suppress(RedisError, KeyStoreError):
+        with contextlib.suppress(*REDIS_ERRORS, KeyStoreError):
             await keys.refresh()
 
 

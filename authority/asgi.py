@@ -4,12 +4,6 @@ Configuration comes from ``AUTHORITY_*`` only; ``--demo`` does not exist here, s
 an embedded Redis or the demo issuer. Each worker process builds its own app (and Redis pool) from the same settings.
 """
 
-import os
-
-# Prometheus' multiprocess mode needs its folder before the first metric exists (it is a tmpfs in the container).
-if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.makedirs(directory, exist_ok=True)
-
 from authority.app import create_app
 from authority.settings import load
 

@@ -18,9 +18,9 @@ from typing import TextIO
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from authority import metrics
+from authority.connection import REDIS_ERRORS
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 logger = logging.getLogger("authority.audit")
@@ -36,7 +36,7 @@ class AuditLog:
         self.stream = stream
         self._maxlen = maxlen
         self._log = log
-        self._lines: list[bytes] = []  # for the log, written on the next flush
+        self._lines: deque[bytes] = deque(maxlen=backlog)  # for the log, written on the next flush
         self._pending: deque[bytes] = deque(maxlen=backlog)  # for the stream; oldest dropped if Redis stays down
         self._wake = asyncio.Event()
 
@@ -57,7 +57,7 @@ class AuditLog:
 
     def _write_log(self) -> None:
         if self._log is not None and self._lines:
-            lines, self._lines = self._lines, []
+            lines, self._lines = self._lines, deque(maxlen=self._lines.maxlen)
             self._log.write(b"\n".join(lines).decode() + "\n")
             self._log.flush()
 
@@ -73,8 +73,9 @@ class AuditLog:
                 for line in batch:
                     pipe.xadd(self.stream, {"event": line}, maxlen=self._maxlen, approximate=True)
                 await pipe.execute()
-        except RedisError:
-            # Back in front, in order, for the next try; past the backlog, the oldest go first.
+        except BaseException:
+            # Back in front, in order, for the next try (also when cancelled at shutdown, for ``close``); past
+            # the backlog, the oldest go first.
             self._pending = deque([*batch, *self._pending], maxlen=self._pending.maxlen)
             raise
 
@@ -85,11 +86,11 @@ class AuditLog:
             self._wake.clear()
             try:
                 await self.flush()
-            except RedisError as exc:
-                logger.warning('{"event":"audit","outcome":"stream-unavailable","reason":"%s"}', type(exc).__name__)
+            except Exception as exc:
+                logger.warning("audit stream not written (%s); retrying in %s s", type(exc).__name__, retry_s)
                 await asyncio.sleep(retry_s)
                 self._wake.set()
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self.flush()

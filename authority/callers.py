@@ -137,8 +137,9 @@ class Trust:
         except InvalidToken as exc:
             raise Unauthenticated(f"bearer token refused: {exc.detail}") from None
         self._verified[token] = (caller, min(caller.expires_at, now + REMEMBER_S))
+        self._verified.move_to_end(token)  # oldest first out, by when it was last verified
         if len(self._verified) > REMEMBER_MAX:
-            self._verified.popitem(last=False)  # oldest first; expired ones are simply never hit again
+            self._verified.popitem(last=False)
         return caller
 
     def _own_session(self, token: str, now: int) -> Caller:

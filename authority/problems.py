@@ -12,7 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.types import ExceptionHandlersMap
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from authority.audit import AuditLog
 from authority.middleware import request_id
@@ -80,7 +80,7 @@ def on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any
     return _respond(request, problem, code)
 
 
-def on_redis(request: Request[Any, Any, Any], exc: RedisError) -> Response[Any]:
+def on_redis(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Redis unreachable or failing: fail closed with 503, whatever the request was."""
     logger.warning("redis error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     problem = ProblemDetailsException(
@@ -120,6 +120,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: on_validation,
     HTTPException: on_http,
     RedisError: on_redis,
+    RedisClusterException: on_redis,
     UnicodeDecodeError: on_undecodable,
     RecursionError: on_undecodable,
     Exception: on_crash,

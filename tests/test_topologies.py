@@ -208,18 +208,47 @@ def _is_replica(port: int) -> bool:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("redis+sentinel://127.0.0.1:26379/main", ([("127.0.0.1", 26379)], "main", 0, None)),
-        ("redis+sentinel://:s3cret@a:1,b:2/svc/3", ([("a", 1), ("b", 2)], "svc", 3, "s3cret")),
+        ("redis+sentinel://127.0.0.1:26379/main", ([("127.0.0.1", 26379)], "main", 0, None, None)),
+        ("redis+sentinel://:s3cret@a:1,b:2/svc/3", ([("a", 1), ("b", 2)], "svc", 3, None, "s3cret")),
+        ("redis+sentinel://ops:p%40ss@[::1]:26379/main", ([("::1", 26379)], "main", 0, "ops", "p@ss")),
     ],
 )
 def test_sentinel_urls(url: str, expected: tuple[Any, ...]) -> None:
     assert parse_sentinel_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["redis+sentinel://host/main", "redis+sentinel://h:1/", "redis+sentinel://h:1/a/b/c"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://host/main",
+        "redis+sentinel://h:1/",
+        "redis+sentinel://h:1/a/b/c",
+        "redis+sentinel://h:1/m?ssl=1",
+    ],
+)
 def test_bad_sentinel_urls_are_refused(url: str) -> None:
-    with pytest.raises(ValueError, match="must be"):
+    with pytest.raises(ValueError, match=r"must be|takes no query"):
         parse_sentinel_url(url)
+
+
+def test_sentinel_clients_use_the_configured_pool_size(make_stack: Callable[..., Stack]) -> None:
+    from authority.connection import connect_redis  # noqa: PLC0415
+
+    stack = make_stack(redis_url="redis+sentinel://127.0.0.1:1/main", redis_max_connections=8)
+    assert connect_redis(stack.settings).connection_pool.max_connections == 8
+
+
+def test_an_unreachable_cluster_is_503_not_500(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    """The Cluster client raises its own exceptions (not RedisError); they must fail closed the same way."""
+    node = EmbeddedRedis(tmp_path / "lone", persist=False, extra=["--cluster-enabled", "yes"]).start()
+    url = node.url
+    node.stop()
+    stack = make_stack(redis_url=url, redis_cluster=True, key_store="redis")
+    with stack.client() as client:
+        response = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7"))
+        assert response.status_code == 503
+        assert client.post(EXCHANGE, json={"token": "a.b.c"}).status_code in (401, 503)
+        assert client.get("/readyz").status_code == 503
 
 
 def tls_binary() -> str | None:
