@@ -120,6 +120,8 @@ def test_the_images_start_command_serves_the_app(redis_url: str, tmp_path: Path)
         assert minted.status_code == 200, minted.text
         exchanged = httpx.post(f"{base}/api/sys/users/exchange", json={"token": minted.json()["token"]})
         assert exchanged.status_code == 200
+        healthcheck = json.loads(instruction("HEALTHCHECK")[0].split(" CMD ", 1)[1].replace("8000", str(port)))
+        assert subprocess.run(healthcheck, env=env, check=False, timeout=10).returncode == 0
         metrics = httpx.get(f"{base}/metrics").text
         assert re.search(r'^authority_mints_total\{role="operator"\} 1\.0$', metrics, re.MULTILINE), metrics
     finally:
