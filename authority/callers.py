@@ -42,7 +42,7 @@ from authority.tokens import (
 
 STAFF_ROLES = frozenset({"admin", "operator"})
 REMEMBER_S = 60
-ID = re.compile(r"[1-9][0-9]{0,17}")
+ID = re.compile(r"[1-9][0-9]{0,17}")  # a coworker id, wherever it comes from: ASCII digits, no sign or zero
 REMEMBER_MAX = 10_000
 CUSTOMER_ROLE = "customer"
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 
 from authority.audit import AuditLog
-from authority.callers import Caller, require_member, require_staff, require_unimpersonated
+from authority.callers import STAFF_ROLES, Caller, require_member, require_staff, require_unimpersonated
 from authority.directory import Directory
 from authority.keys import KeyManager, Keyring, LoadedKey
 from authority.limits import MintLimiter
@@ -172,7 +172,7 @@ class Authority:
         require_unimpersonated(caller)
         session = await self.allowlist.session(sid)
         allowed = session is not None and (
-            (caller.role in ("admin", "operator") and caller.location == session.record.loc)
+            (caller.role in STAFF_ROLES and caller.location == session.record.loc)
             or (
                 (caller.issuer, caller.subject) == (session.record.act.iss, session.record.act.sub)
                 and caller.location == session.record.loc

@@ -17,7 +17,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter, URLEncodedB
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
 from litestar.types import ControllerRouterHandler
 
-from authority.callers import Caller, Trust
+from authority.callers import ID, Caller, Trust
 from authority.impersonation import Authority, Revocation, Session
 from authority.problems import PROBLEM_BASE
 from authority.refusals import (
@@ -47,10 +47,9 @@ from authority.tokens import MAX_TOKEN_LENGTH
 
 NO_STORE = CacheControlHeader(no_store=True)
 # Decimal digits only: "1e3", "+5" or " 5" are not ids, however a lenient int parser would read them.
-ID_PATTERN = r"^[1-9][0-9]{0,17}$"
+ID_PATTERN = f"^{ID.pattern}$"  # for the OpenAPI document; ``parse_id`` enforces ID itself
 _ID_DOC = "the customer to impersonate (a positive integer)"
 SID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
-ID = re.compile(r"[1-9][0-9]{0,17}")
 SID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 AuthorityDep = NamedDependency[Authority]
 
