@@ -186,8 +186,13 @@ def test_killing_the_primary_never_lets_a_token_in_twice(
             for future in futures:
                 future.result()
         wait_until(lambda: sentinel.current_primary_port() != old_primary, what="failover")
-        # the old primary comes back; Sentinel makes it a replica of the new one, so WAIT can succeed again
-        sentinel.primary = EmbeddedRedis(sentinel.primary.data_dir, persist=False, port=old_primary).start()
+        # the old primary comes back as a replica of the new one (as an orchestrator would bring it back), so WAIT
+        # can succeed again
+        new_primary = sentinel.current_primary_port()
+        rejoin = ["--replicaof", "127.0.0.1", str(new_primary)]
+        sentinel.primary = EmbeddedRedis(
+            sentinel.primary.data_dir, persist=False, port=old_primary, extra=rejoin
+        ).start()
         wait_until(lambda: _is_replica(old_primary), what="old primary rejoining as a replica")
         for token in tokens:  # every token once more, after the failover
             exchange(token)

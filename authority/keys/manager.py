@@ -143,11 +143,19 @@ class KeyManager:
         await self._locked(lambda records, now: revoke(records, kid, now, self.schedule), "emergency")
 
     async def run(self, interval_s: float) -> None:
-        """Background loop: keep ticking; a failed round (Redis down) is logged and retried, never fatal."""
+        """Background loop: keep ticking; a failed round (Redis down) is logged once with its cause, retried every
+        round, never fatal; readiness says the rest (``fresh``)."""
         self.interval_s = interval_s
+        failing = False
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.tick()
             except Exception:
-                logger.exception("key rotation round failed; retrying in %ss", interval_s)
+                if not failing:
+                    logger.exception("key rounds failing; retrying every %s s until they succeed", interval_s)
+                failing = True
+            else:
+                if failing:
+                    logger.warning("key rounds succeed again")
+                failing = False
