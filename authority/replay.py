@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 
 from authority.refusals import Unavailable
 from authority.tokens import Actor
@@ -48,6 +49,27 @@ end
 if string.sub(value, 1, 8) == 'revoked:' then return 2 end
 return 0
 """
+
+
+async def _on_key_primary(cluster: RedisCluster, key: str, *commands: tuple[Any, ...]) -> list[Any]:
+    """Send ``commands`` down one connection to the primary that owns ``key``'s slot and read their replies.
+
+    The Cluster client's pipeline may spread commands over connections, and a keyless ``WAIT`` would go to any
+    node, so this takes one connection of that node itself. A redirect (a slot moving) fails the request: 503.
+    """
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise Unavailable("no Cluster node owns this key's slot right now")
+    connection = node.acquire_connection()
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies = [await node.parse_response(connection, str(command[0])) for command in commands]
+    except BaseException:
+        await connection.disconnect()  # a half-read connection must not go back to the pool
+        raise
+    finally:
+        node.release(connection)
+    return replies
 
 
 class SessionRecord(msgspec.Struct, frozen=True):
@@ -95,11 +117,16 @@ class Allowlist:
         self._replica_timeout_ms = replica_timeout_ms
 
     async def _replicated(self, script: str, key: str, *args: bytes | int) -> Any:
-        """Run ``script`` and, in the same round trip, wait for ``min_replicas`` to have its effect."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.eval(script, 1, key, *args)
-            pipe.wait(self._min_replicas, self._replica_timeout_ms)
-            reply, acknowledged = await pipe.execute()
+        """Run ``script`` and, in the same round trip on the same connection, wait for ``min_replicas`` to have
+        its effect (``WAIT`` counts the writes of its own connection only)."""
+        wait = ("WAIT", self._min_replicas, self._replica_timeout_ms)
+        if isinstance(self._redis, RedisCluster):
+            reply, acknowledged = await _on_key_primary(self._redis, key, ("EVAL", script, 1, key, *args), wait)
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.eval(script, 1, key, *args)
+                pipe.wait(self._min_replicas, self._replica_timeout_ms)
+                reply, acknowledged = await pipe.execute()
         if int(acknowledged) < self._min_replicas:
             raise Unavailable(
                 f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; nothing was handed out"

@@ -90,8 +90,6 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise ValueError(
                 "key_prepublish_s must be at least jwks_max_age_s: every cached JWKS must hold a key before it signs"
             )
-        if self.redis_cluster and self.redis_min_replicas:
-            raise ValueError("redis_min_replicas needs one primary per key; with a Cluster set min-replicas-to-write")
         if self.key_prepublish_s >= self.key_rotation_s:
             raise ValueError("key_prepublish_s must be shorter than key_rotation_s")
 

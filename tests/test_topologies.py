@@ -47,29 +47,52 @@ def test_unix_socket(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
         core_flow(make_stack(redis_url=f"unix://{socket}?db=0", key_store="redis"))
 
 
+def start_cluster(root: Path, *, replicas: bool) -> list[EmbeddedRedis]:
+    """Three primaries sharing the 16384 slots (and, with ``replicas``, one replica each), joined with CLUSTER MEET
+    and CLUSTER REPLICATE: no redis-cli needed."""
+    count = 6 if replicas else 3
+    nodes = [
+        EmbeddedRedis(root / f"node{n}", persist=False, extra=["--cluster-enabled", "yes"]).start()
+        for n in range(count)
+    ]
+    bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
+    for node in nodes:
+        with redis.Redis(port=node.port) as direct:
+            for other in nodes:
+                direct.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
+    for node, (first, last) in zip(nodes, bounds, strict=False):
+        with redis.Redis(port=node.port) as direct:
+            direct.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+
+    def knows(port: int, node_id: str) -> bool:
+        with redis.Redis(port=port) as direct:
+            return node_id in direct.execute_command("CLUSTER", "NODES").decode()
+
+    for primary, replica in zip(nodes[:3], nodes[3:], strict=False):
+        with redis.Redis(port=primary.port) as direct:
+            primary_id = direct.execute_command("CLUSTER", "MYID").decode()
+        wait_until(lambda r=replica.port, p=primary_id: knows(r, p), what="gossip")  # type: ignore[misc]
+        with redis.Redis(port=replica.port) as direct:
+            direct.execute_command("CLUSTER", "REPLICATE", primary_id)
+
+    def healthy() -> bool:
+        for node in nodes:
+            with redis.Redis(port=node.port) as direct:
+                if "cluster_state:ok" not in direct.execute_command("CLUSTER", "INFO").decode():
+                    return False
+                info = direct.info("replication")
+                if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                    return False
+        return True
+
+    wait_until(healthy, seconds=30, what="cluster_state:ok and replication links")
+    return nodes
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[EmbeddedRedis]]:
-    """Three primaries sharing the 16384 slots, joined with CLUSTER MEET (no redis-cli needed)."""
-    nodes = [
-        EmbeddedRedis(tmp_path / f"node{n}", persist=False, extra=["--cluster-enabled", "yes"]).start()
-        for n in range(3)
-    ]
+    nodes = start_cluster(tmp_path, replicas=False)
     try:
-        bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
-        for node, (first, last) in zip(nodes, bounds, strict=True):
-            with redis.Redis(port=node.port) as direct:
-                direct.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-                for other in nodes:
-                    direct.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
-
-        def healthy() -> bool:
-            for node in nodes:
-                with redis.Redis(port=node.port) as direct:
-                    if direct.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") < 0:
-                        return False
-            return True
-
-        wait_until(healthy, what="cluster_state:ok")
         yield nodes
     finally:
         for node in nodes:
@@ -241,6 +264,29 @@ def test_sentinel_clients_use_the_configured_pool_size(make_stack: Callable[...,
 
     stack = make_stack(redis_url="redis+sentinel://127.0.0.1:1/main", redis_max_connections=8)
     assert connect_redis(stack.settings).connection_pool.max_connections == 8
+
+
+def test_cluster_with_min_replicas_waits_on_the_keys_own_primary(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """WAIT goes down the connection that ran the consume, on the primary owning the token's slot."""
+    nodes = start_cluster(tmp_path, replicas=True)
+    try:
+        core_flow(make_stack(redis_url=nodes[0].url, redis_cluster=True, key_store="redis", redis_min_replicas=1))
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_cluster_without_the_replicas_asked_for_hands_nothing_out(
+    make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis]
+) -> None:
+    stack = make_stack(redis_url=cluster[0].url, redis_cluster=True, key_store="redis", redis_min_replicas=1)
+    with stack.client() as client:
+        token = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7")).json()["token"]
+        response = client.post(EXCHANGE, json={"token": token})
+        assert response.status_code == 503, response.text
+        assert "replicas confirmed" in response.json()["detail"]
 
 
 def test_an_unreachable_cluster_is_503_not_500(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
