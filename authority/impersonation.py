@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 
@@ -96,33 +96,36 @@ class Authority:
     async def mint_for_staff(self, caller: Caller, coworker_id: int) -> str:
         location = require_staff(caller)
         if not await self.directory.is_coworker(location, coworker_id):
-            await self.limiter.check(caller.issuer, caller.subject, location)  # probing counts too
-            raise CoworkerNotFound(
-                f"no coworker {coworker_id} in location {location}",
-                audit={"actor": caller.subject, "subject": str(coworker_id), "location": location},
-            )  # fmt: skip
+            await self._not_found(caller, coworker_id, location, f"no coworker {coworker_id} in location {location}")
         return await self._mint(caller, coworker_id, location, caller.role or "")
 
     async def mint_for_team_admin(self, caller: Caller, coworker_id: int) -> str:
         location, admin_id = require_member(caller)
         # One answer for "no such coworker" and "not in your teams": no existence oracle for team admins.
         if coworker_id == admin_id or not await self.directory.administers(location, admin_id, coworker_id):
-            await self.limiter.check(caller.issuer, caller.subject, location)  # probing counts too
-            raise CoworkerNotFound(
-                f"no coworker {coworker_id} in a team you administer",
-                audit={"actor": caller.subject, "subject": str(coworker_id), "location": location},
-            )  # fmt: skip
+            await self._not_found(caller, coworker_id, location, f"no coworker {coworker_id} in a team you administer")
         return await self._mint(caller, coworker_id, location, "team-admin")
+
+    async def _not_found(self, caller: Caller, coworker_id: int, location: str, detail: str) -> NoReturn:
+        """404, after counting the attempt against the rate limits: probing for ids is slowed like minting."""
+        await self.limiter.check(caller.issuer, caller.subject, location)
+        who = {"actor": caller.subject, "subject": str(coworker_id), "location": location}
+        raise CoworkerNotFound(detail, audit=who)
 
     async def _mint(self, caller: Caller, coworker_id: int, location: str, role: str) -> str:
         s = self.settings
         now = int(self.clock())
         signer = self._signer(now)
         claims = impersonation_claims(
-            issuer=s.public_issuer, audience=s.exchange_audience, coworker_id=coworker_id, location=location,
-            actor=Actor(sub=caller.subject, role=role, iss=caller.issuer), jti=new_id(), now=now,
+            issuer=s.public_issuer,
+            audience=s.exchange_audience,
+            coworker_id=coworker_id,
+            location=location,
+            actor=Actor(sub=caller.subject, role=role, iss=caller.issuer),
+            jti=new_id(),
+            now=now,
             ttl=s.impersonation_ttl_s,
-        )  # fmt: skip
+        )
         token = sign(claims, signer, IMPERSONATION_TYP)
         # One round trip: count the attempt and put the jti on the allowlist. Over the limit, the token is never
         # handed out and its allowlist entry simply expires.
@@ -133,9 +136,15 @@ class Authority:
         self.limiter.judge(counts)
         self.allowlist.issued(created)
         self.audit.emit(
-            "mint", "issued", actor=caller.subject, role=role, subject=claims.sub, location=location,
-            jti=claims.jti, kid=signer.kid,
-        )  # fmt: skip
+            "mint",
+            "issued",
+            actor=caller.subject,
+            role=role,
+            subject=claims.sub,
+            location=location,
+            jti=claims.jti,
+            kid=signer.kid,
+        )
         return token
 
     async def exchange(self, token: str) -> Session:
@@ -144,9 +153,14 @@ class Authority:
         s = self.settings
         now = int(self.clock())
         grant = verify_impersonation(
-            token, self.keyring, issuer=s.public_issuer, audience=s.exchange_audience, now=now,
-            leeway=s.clock_skew_s, max_life=s.impersonation_ttl_s,
-        )  # fmt: skip
+            token,
+            self.keyring,
+            issuer=s.public_issuer,
+            audience=s.exchange_audience,
+            now=now,
+            leeway=s.clock_skew_s,
+            max_life=s.impersonation_ttl_s,
+        )
         signer = self._signer(now)
         sid = grant.jti  # one key per impersonation: the allowlist entry becomes the session record
         record = SessionRecord(sub=grant.sub, loc=grant.loc, act=grant.act, exp=now + s.session_ttl_s)
@@ -160,9 +174,15 @@ class Authority:
                 audit={**who, "sid": sid, "revoked": "now" if used.revoked_now else "already"},
             )
         claims = access_claims(
-            grant, issuer=s.public_issuer, audience=s.session_audience, client_id=s.session_client_id,
-            jti=new_id(), sid=sid, now=now, ttl=s.session_ttl_s,
-        )  # fmt: skip
+            grant,
+            issuer=s.public_issuer,
+            audience=s.session_audience,
+            client_id=s.session_client_id,
+            jti=new_id(),
+            sid=sid,
+            now=now,
+            ttl=s.session_ttl_s,
+        )
         self.audit.emit("exchange", "session", sid=sid, kid=signer.kid, **who)
         return Session(access_token=sign(claims, signer, ACCESS_TYP), expires_in=s.session_ttl_s, session_id=sid)
 
@@ -182,9 +202,14 @@ class Authority:
             raise SessionNotFound(f"no session {sid} you may revoke", audit={"actor": caller.subject, "sid": sid})
         await self.allowlist.revoke(sid)
         self.audit.emit(
-            "revocation", "revoked", actor=caller.subject, role=caller.role, subject=session.record.sub,
-            location=session.record.loc, sid=sid,
-        )  # fmt: skip
+            "revocation",
+            "revoked",
+            actor=caller.subject,
+            role=caller.role,
+            subject=session.record.sub,
+            location=session.record.loc,
+            sid=sid,
+        )
         return Revocation(session_id=sid)
 
     async def introspect(self, caller: Caller, token: str) -> dict[str, Any]:
@@ -193,18 +218,26 @@ class Authority:
         s = self.settings
         try:
             claims = verify_access(
-                token, self.keyring, issuer=s.public_issuer, audience=s.session_audience, now=int(self.clock()),
-                leeway=s.clock_skew_s, max_life=s.session_max_ttl_s,
-            )  # fmt: skip
+                token,
+                self.keyring,
+                issuer=s.public_issuer,
+                audience=s.session_audience,
+                now=int(self.clock()),
+                leeway=s.clock_skew_s,
+                max_life=s.session_max_ttl_s,
+            )
         except InvalidToken as exc:
             self.audit.emit("introspection", "inactive", actor=caller.subject, reason=exc.code)
             return {"active": False}
         session = await self.allowlist.session(claims.sid)
         active = session is not None and session.state == "active"
         self.audit.emit(
-            "introspection", "active" if active else "inactive", actor=caller.subject, sid=claims.sid,
+            "introspection",
+            "active" if active else "inactive",
+            actor=caller.subject,
+            sid=claims.sid,
             reason=None if active else (session.state if session else "no-session"),
-        )  # fmt: skip
+        )
         if not active:
             return {"active": False}
         return {"active": True, "token_type": "Bearer", **msgspec.to_builtins(claims)}
