@@ -4,7 +4,9 @@ Configuration comes from ``AUTHORITY_*`` only; ``--demo`` does not exist here, s
 an embedded Redis or the demo issuer. Each worker process builds its own app (and Redis pool) from the same settings.
 """
 
+from authority import logs
 from authority.app import create_app
 from authority.settings import load
 
+logs.configure()
 app = create_app(load())

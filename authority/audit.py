@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 
 from authority import metrics
 from authority.connection import REDIS_ERRORS
+from authority.outages import OutageLog, redis_cause
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
-logger = logging.getLogger("authority.audit")
 _encoder = msgspec.json.Encoder()
 Field = str | int | None
 
@@ -39,6 +39,9 @@ class AuditLog:
         self._lines: deque[bytes] = deque(maxlen=backlog)  # for the log, written on the next flush
         self._pending: deque[bytes] = deque(maxlen=backlog)  # for the stream; oldest dropped if Redis stays down
         self._wake = asyncio.Event()
+        # Redis failures, logged per outage rather than per failure; here, where both the request path (through
+        # app.state.audit) and this writer, whose successful writes end them, reach one per app.
+        self.outages = OutageLog(logging.getLogger("authority.outages"))
 
     def emit(self, event: str, outcome: str, **fields: Field) -> None:
         record: dict[str, Field | float] = {"ts": round(time.time(), 3), "event": event, "outcome": outcome}
@@ -80,16 +83,23 @@ class AuditLog:
             raise
 
     async def run(self, retry_s: float = 1.0) -> None:
-        """Background writer: flush whenever events arrive; on a Redis error keep them and retry."""
+        """Background writer: flush whenever events arrive; on a Redis error keep them and retry.
+
+        A write to the stream is also the service's cheapest sign that Redis answers again: every request emits an
+        event, so one follows every request, off the request path; it ends the outages the request path logged."""
         while True:
             await self._wake.wait()
             self._wake.clear()
+            to_stream = bool(self._pending)
             try:
                 await self.flush()
             except Exception as exc:
-                logger.warning("audit stream not written (%s); retrying in %s s", type(exc).__name__, retry_s)
+                self.outages.failed(redis_cause("audit stream", exc))  # events kept; retried every retry_s
                 await asyncio.sleep(retry_s)
                 self._wake.set()
+            else:
+                if to_stream:
+                    self.outages.recovered()
 
     async def close(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):

@@ -4,11 +4,12 @@ id of the request that logged it, so a warning can be joined to its audit events
 from __future__ import annotations
 
 import logging
+import logging.config
 
 import msgspec
-from litestar.logging.config import LoggingConfig
 
 from authority.audit import REQUEST_ID
+from authority.outages import FIELDS as OUTAGE_FIELDS
 
 _encoder = msgspec.json.Encoder()
 
@@ -31,20 +32,30 @@ class JsonFormatter(logging.Formatter):
         }
         if request_id := getattr(record, "request_id", None):
             entry["request_id"] = request_id
+        for field in OUTAGE_FIELDS:  # structured, so an outage's lines can be counted and joined without parsing
+            if (value := getattr(record, field, None)) is not None:
+                entry[field] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _encoder.encode(entry).decode()
 
 
-def logging_config() -> LoggingConfig:
-    return LoggingConfig(
-        formatters={"standard": {"()": JsonFormatter}},
-        filters={"request_id": {"()": RequestIdFilter}},
-        # Straight to stderr: these records are rare (warnings, errors); the audit trail, which is not, has its
-        # own batched writer. No queue, so the filter sees the request's context.
-        handlers={"console": {"class": "logging.StreamHandler", "formatter": "standard", "filters": ["request_id"]}},
-        loggers={
-            "litestar": {"level": "INFO", "handlers": ["console"], "propagate": False},
-            "authority": {"level": "INFO", "handlers": ["console"], "propagate": False},
-        },
+def configure() -> None:
+    """Operational logging for this process, set once by the entry point (``asgi``, ``authority serve``), never by
+    building an app: an app is built per worker and per test, and Litestar's ``LoggingConfig`` starts a queue
+    listener thread each time that nothing stops. Straight to stderr: these records are rare (warnings, errors);
+    the audit trail, which is not, has its own batched writer. No queue, so the filter sees the request's context.
+    """
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"json": {"()": JsonFormatter}},
+            "filters": {"request_id": {"()": RequestIdFilter}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]}},
+            "loggers": {
+                name: {"level": "INFO", "handlers": ["stderr"], "propagate": False}
+                for name in ("litestar", "authority")
+            },
+        }
     )

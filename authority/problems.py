@@ -16,6 +16,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from authority.audit import AuditLog
 from authority.middleware import request_id
+from authority.outages import redis_cause
 from authority.refusals import Refusal
 
 PROBLEM_BASE = "urn:authority:problem:"
@@ -81,8 +82,12 @@ def on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any
 
 
 def on_redis(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Redis unreachable or failing: fail closed with 503, whatever the request was."""
-    logger.warning("redis error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    """Redis unreachable or failing: fail closed with 503, whatever the request was.
+
+    Logged as an outage (when it starts, a summary per interval, when it ends), not per request: a Redis outage
+    fails every request. The start line carries this request's id, which leads to its audit event."""
+    audit: AuditLog = request.app.state.audit
+    audit.outages.failed(redis_cause("redis", exc))
     problem = ProblemDetailsException(
         detail=(
             "the token store did not answer; no token or session was handed out. An exchange may still have "

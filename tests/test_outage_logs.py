@@ -1,0 +1,213 @@
+"""A Redis outage is a few log lines, not one per failed request: logged when it starts, summarised while it
+lasts, and once when it ends (with how many failures and for how long)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from authority.embedded import EmbeddedRedis
+from authority.logs import JsonFormatter
+from authority.outages import OutageLog
+from tests.conftest import Stack
+from tests.test_api import STAFF, assert_problem
+
+
+class Collector(logging.Handler):
+    """Keeps the records a logger handles (the logging API itself, not a stand-in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def collected(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records reaching logger ``name``; attached to the logger itself, since the app's logging config stops
+    "authority" from propagating to the root (where caplog listens)."""
+    collector = Collector()
+    logger = logging.getLogger(name)
+    logger.addHandler(collector)
+    try:
+        yield collector.records
+    finally:
+        logger.removeHandler(collector)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def outage_lines(records: list[logging.LogRecord]) -> list[tuple[str, str, int, int]]:
+    """(phase, cause, count, total) of each outage line: extra fields on the record, which the JSON line carries."""
+    lines = [vars(r) for r in records if hasattr(r, "outage")]
+    return [(line["outage"], line["cause"], line["count"], line["total"]) for line in lines]
+
+
+def duration_s(record: logging.LogRecord) -> float:
+    value: float = vars(record)["duration_s"]
+    return value
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def outages(clock: Clock) -> Iterator[tuple[OutageLog, list[logging.LogRecord]]]:
+    logger = logging.getLogger("test.outages")
+    logger.setLevel(logging.INFO)
+    with collected("test.outages") as records:
+        yield OutageLog(logger, interval_s=10, quiet_s=1, clock=clock), records
+
+
+def test_an_outage_is_logged_at_start_once_per_interval_and_at_recovery(
+    outages: tuple[OutageLog, list[logging.LogRecord]], clock: Clock
+) -> None:
+    log, records = outages
+    start = clock.now
+    log.failed("redis: ConnectionError")
+    assert outage_lines(records) == [("started", "redis: ConnectionError", 1, 1)]
+    assert records[0].levelno == logging.WARNING
+
+    for _ in range(500):  # within the interval: counted, not logged
+        clock.now += 0.01
+        log.failed("redis: ConnectionError")
+    assert len(records) == 1
+
+    clock.now = start + 10  # an interval after the start line: the next failure writes the summary
+    log.failed("redis: ConnectionError")
+    assert outage_lines(records)[1:] == [("continuing", "redis: ConnectionError", 501, 502)]
+    assert duration_s(records[1]) == 10.0
+
+    for _ in range(3):
+        clock.now += 1
+        log.failed("redis: ConnectionError")
+    assert len(records) == 2  # the next summary waits for the next interval
+
+    clock.now += 1
+    log.recovered()
+    assert outage_lines(records)[2:] == [("recovered", "redis: ConnectionError", 3, 505)]
+    assert duration_s(records[2]) == 13.0  # first failure to last
+    assert "505 failures over 13.0 s" in records[2].getMessage()
+
+    log.recovered()
+    clock.now += 60
+    log.recovered()
+    assert len(records) == 3  # recovery is logged once
+
+    log.failed("redis: ConnectionError")  # a new outage starts fresh
+    log.failed("redis: ConnectionError")
+    clock.now += 1
+    log.recovered()
+    assert outage_lines(records)[3:] == [
+        ("started", "redis: ConnectionError", 1, 1),
+        ("recovered", "redis: ConnectionError", 1, 2),
+    ]
+    assert duration_s(records[-1]) == 0.0
+
+
+def test_causes_are_logged_separately(outages: tuple[OutageLog, list[logging.LogRecord]], clock: Clock) -> None:
+    log, records = outages
+    log.failed("redis: ConnectionError")
+    log.failed("audit stream: ConnectionError")
+    log.failed("redis: ConnectionError")
+    log.failed("redis: TimeoutError")
+    assert outage_lines(records) == [
+        ("started", "redis: ConnectionError", 1, 1),
+        ("started", "audit stream: ConnectionError", 1, 1),
+        ("started", "redis: TimeoutError", 1, 1),
+    ]
+    clock.now += 0.5
+    log.failed("audit stream: ConnectionError")
+    clock.now += 0.6
+    log.recovered()  # only the causes quiet for quiet_s are over
+    assert outage_lines(records)[3:] == [
+        ("recovered", "redis: ConnectionError", 1, 2),
+        ("recovered", "redis: TimeoutError", 0, 1),
+    ]
+    clock.now += 0.5
+    log.recovered()
+    assert outage_lines(records)[5:] == [("recovered", "audit stream: ConnectionError", 1, 2)]
+
+
+def test_a_partial_outage_is_one_outage_not_a_start_and_end_per_failure(
+    outages: tuple[OutageLog, list[logging.LogRecord]], clock: Clock
+) -> None:
+    """Failures mixed with successes (one Cluster shard down, a full pool): successes within ``quiet_s`` of a
+    failure do not end it, so it costs one line per interval, whatever the traffic."""
+    log, records = outages
+    for _ in range(1000):
+        log.failed("redis: ConnectionError")
+        clock.now += 0.05
+        log.recovered()
+        clock.now += 0.05
+    assert [line[0] for line in outage_lines(records)] == ["started", *["continuing"] * 9]
+
+
+def test_the_json_line_carries_the_outage_fields(
+    outages: tuple[OutageLog, list[logging.LogRecord]], clock: Clock
+) -> None:
+    log, records = outages
+    log.failed("redis: ConnectionError")
+    clock.now += 2.5
+    log.failed("redis: ConnectionError")
+    log.recovered()
+    clock.now += 1
+    log.recovered()
+    line = json.loads(JsonFormatter().format(records[-1]))
+    assert line["level"] == "info"
+    assert (line["outage"], line["cause"], line["count"], line["total"], line["duration_s"]) == (
+        "recovered", "redis: ConnectionError", 1, 2, 2.5,
+    )  # fmt: skip
+    assert line["message"] == "redis: ConnectionError: recovered after 2 failures over 2.5 s"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A server of this test's own, so stopping it disturbs no other test."""
+    with EmbeddedRedis(tmp_path / "redis", persist=False) as server:
+        yield server
+
+
+def test_a_redis_outage_logs_a_few_lines_not_one_per_request(
+    private_redis: EmbeddedRedis, make_stack: Callable[..., Stack]
+) -> None:
+    stack = make_stack(redis_url=private_redis.url, mint_rate_per_actor=1000, mint_rate_per_location=1000)
+    operator = stack.bearer("operator", "7")
+    requests = 200
+    with stack.client() as client, collected("authority") as records:
+        assert client.get(STAFF, params={"coworkerId": 42}, headers=operator).status_code == 200
+        private_redis.stop()
+        for _ in range(requests):
+            assert_problem(client.get(STAFF, params={"coworkerId": 42}, headers=operator), 503, "unavailable")
+        during = list(records)
+        assert len(during) <= 3, [r.getMessage() for r in during]  # start lines, a key-round failure; not 200
+        started = [line for line in outage_lines(during) if line[0] == "started"]
+        causes = sorted(cause for _, cause, _, _ in started)
+        assert "redis: ConnectionError" in causes
+        assert len(set(causes)) == len(causes)  # each cause once
+
+        private_redis.start()
+        deadline = time.monotonic() + 15  # the end is logged at the first success quiet_s (1 s) after a failure
+        while sorted(line[1] for line in outage_lines(records[len(during) :]) if line[0] == "recovered") != causes:
+            assert time.monotonic() < deadline, [r.getMessage() for r in records]
+            assert client.get(STAFF, params={"coworkerId": 42}, headers=operator).status_code == 200
+            time.sleep(0.2)
+        ended = [line for line in outage_lines(records[len(during) :]) if line[0] == "recovered"]
+
+    assert ("recovered", "redis: ConnectionError", requests - 1, requests) in ended  # all counted, none logged alone
