@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,19 +23,29 @@ from redis.asyncio import Redis
 
 from authority import problems, routes
 from authority.audit import AuditLog
+from authority.background import stop
 from authority.callers import Trust
 from authority.connection import REDIS_ERRORS, connect_redis
 from authority.directory import DEMO_DIRECTORY, FileDirectory
 from authority.impersonation import Authority
-from authority.keys import FileKeyStore, KeyManager, KeyStore, KeyStoreError, RedisKeyStore, RotationLock, Schedule
+from authority.keys import (
+    FileKeyStore,
+    KeyManager,
+    KeyNotices,
+    KeyStore,
+    KeyStoreError,
+    RedisKeyStore,
+    RotationLock,
+    Schedule,
+)
 from authority.keys.keyring import unseal_record
 from authority.limits import MintLimiter
-from authority.logs import logging_config
 from authority.middleware import RequestGuard, echo_request_id
 from authority.replay import Allowlist
 from authority.settings import Settings, SettingsError
 
 logger = logging.getLogger("authority")
+START_WAIT_S = 65  # the rotation lock's lifetime and a margin: a sibling that died holding it has let go by then
 
 
 def audit_log(settings: Settings, redis: Redis) -> AuditLog:
@@ -47,14 +58,20 @@ def key_manager(settings: Settings, redis: Redis, clock: Callable[[], float], au
         if settings.key_store == "redis"
         else FileKeyStore(settings.keys_path)
     )
-    schedule = Schedule(settings.key_rotation_s, settings.key_prepublish_s, settings.key_retention_s)
     return KeyManager(
         store,
         RotationLock(redis, settings.redis_prefix),
+        KeyNotices(redis, settings.redis_prefix),
         alg=settings.key_alg,
         passphrase=settings.key_passphrase,
         demo=settings.demo,
-        schedule=schedule,
+        schedule=Schedule(
+            settings.key_rotation_s,
+            settings.key_prepublish_s,
+            settings.key_retention_s,
+            # a record is served everywhere within one re-read, plus a second for the whole-second clock
+            serve_lag_s=math.ceil(settings.key_refresh_s) + 1,
+        ),
         clock=clock,
         audit=audit,
     )
@@ -77,9 +94,10 @@ def check_settings(settings: Settings) -> None:
 
 
 async def start_keys(keys: KeyManager) -> None:
-    """First round of the schedule. With Redis down, serve what local files hold; readiness tells the rest."""
+    """First rounds of the schedule, until this process holds a signer. With Redis down, serve what local files
+    hold; readiness tells the rest."""
     try:
-        await keys.tick()
+        await keys.start(START_WAIT_S)
     except REDIS_ERRORS as exc:
         logger.warning("key schedule not run at start (%s); retrying in the background", type(exc).__name__)
         with contextlib.suppress(*REDIS_ERRORS, KeyStoreError):
@@ -112,14 +130,15 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
             settings, keys=keys, allowlist=allowlist, limiter=limiter, directory=directory, audit=audit, clock=clock
         )
         await start_keys(keys)
-        background = [asyncio.create_task(keys.run(settings.key_refresh_s)), asyncio.create_task(audit.run())]
+        background = [
+            asyncio.create_task(keys.run(settings.key_refresh_s)),
+            asyncio.create_task(keys.notices.listen(keys.refresh, settings.key_refresh_s)),
+            asyncio.create_task(audit.run()),
+        ]
         try:
             yield
         finally:
-            for task in background:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop(background)
             await audit.close()
             await redis.aclose()
 
@@ -132,7 +151,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         middleware=[RequestGuard(settings.max_header_bytes), prometheus.middleware],
         before_send=[echo_request_id],
         request_max_body_size=settings.max_body_bytes,
-        logging_config=logging_config(),
+        logging_config=None,  # configured once per process by the entry point (logs.configure), not per app
         openapi_config=OpenAPIConfig(title="authority", version="0.1.0", path="/schema"),
     )
     app.state.trust = Trust(settings, lambda: app.state.authority.keyring)

@@ -21,7 +21,7 @@ from typing import cast
 import msgspec
 import uvicorn
 
-from authority import demo, settings
+from authority import demo, logs, settings
 from authority.app import audit_log, create_app, key_manager
 from authority.connection import REDIS_ERRORS, connect_redis
 from authority.embedded import EmbeddedRedis
@@ -29,6 +29,7 @@ from authority.keys import KeyStoreError
 from authority.keys.lifecycle import state
 
 REDIS_URL_FILE = "redis.url"
+APPLIED_WAIT_S = 5.0  # how long key commands wait for running processes to confirm they re-read the records
 # What an operator can fix (a setting, a key file, Redis): a one-line message, not a traceback.
 OPERATOR_ERRORS: tuple[type[Exception], ...] = (
     settings.SettingsError, KeyStoreError, ValueError, TimeoutError, PermissionError, *REDIS_ERRORS,
@@ -52,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
                 config = msgspec.structs.replace(config, redis_url=server.url)
             issuers = [*config.trusted_issuers, demo.trusted_demo_issuer(config.keys_path)]
             config = msgspec.structs.replace(config, trusted_issuers=issuers)
+        logs.configure()
         app = create_app(config)
         # uvicorn re-raises the stop signal once it has shut down; exit cleanly instead, so the ExitStack
         # still stops the embedded server rather than leaving it orphaned.
@@ -105,16 +107,19 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
     try:
         audit = audit_log(config, redis)
         keys = key_manager(config, redis, time.time, audit)
+        effect = None
         if args.keys_command == "rotate":
-            await keys.rotate_now()
+            effect = await keys.rotate_now(wait_s=APPLIED_WAIT_S)
         elif args.keys_command == "retire":
             if args.kid not in {r.kid for r in await keys.store.load()}:
                 raise ValueError(f"no key {args.kid}")
-            await keys.retire(args.kid)
+            effect = await keys.retire(args.kid, wait_s=APPLIED_WAIT_S)
         records = await keys.store.load()
     finally:
         await audit.close()
         await redis.aclose()
+    if effect is not None:
+        print(f"in effect on {effect.confirmed} of {effect.listening} running service processes", file=sys.stderr)
     now = int(time.time())
     print(f"{'kid':44} {'alg':6} {'state':9} {'created':20} {'activates':20} retires")
     for r in sorted(records, key=lambda r: r.activates_at):

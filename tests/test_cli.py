@@ -33,20 +33,18 @@ def keys(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, str]:
 @pytest.mark.usefixtures("env")
 def test_rotate_and_retire_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert keys(capsys, "list") == {}
-    first = keys(capsys, "rotate")  # nobody signs yet: the first key signs at once
-    assert list(first.values()) == ["active"]
-    (active,) = first
+    first = keys(capsys, "rotate")  # nobody signs yet: the first key signs at once, a standby is published
+    assert sorted(first.values()) == ["active", "pending"]
+    active, standby = sorted(first, key=lambda kid: first[kid])
 
-    listed = keys(capsys, "rotate")
-    (pending,) = [kid for kid, state in listed.items() if state == "pending"]
-    assert listed[active] == "active"
+    # a standby can be withdrawn; another replaces it; revoked records stay listed (as removed) until deleted
+    listed = keys(capsys, "retire", standby)
+    assert (listed[active], listed[standby]) == ("active", "removed")
+    (replacement,) = [kid for kid, state in listed.items() if state == "pending"]
 
-    # a pending key can be withdrawn; revoked records stay listed (as removed) until the schedule deletes them
-    assert keys(capsys, "retire", pending) == {active: "active", pending: "removed"}
-
-    after = keys(capsys, "retire", active)  # emergency: a new signer at once, the old key out
-    assert after[active] == "removed"
-    assert sorted(after.values()) == ["active", "removed", "removed"]
+    after = keys(capsys, "retire", active)  # emergency: the standby every consumer holds signs, the old key out
+    assert (after[active], after[replacement]) == ("removed", "active")
+    assert sorted(after.values()) == ["active", "pending", "removed"]  # the withdrawn standby is deleted by now
 
 
 @pytest.mark.usefixtures("env")

@@ -22,6 +22,7 @@ from authority.cli import main
 from authority.keys import (
     FileKeyStore,
     KeyManager,
+    KeyNotices,
     KeyRecord,
     Keyring,
     KeyStoreError,
@@ -63,8 +64,7 @@ def key_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.json"))
 
 
-def only_record(directory: Path) -> KeyRecord:
-    (path,) = key_files(directory)
+def read_record(path: Path) -> KeyRecord:
     return msgspec.json.decode(path.read_bytes(), type=KeyRecord)
 
 
@@ -97,8 +97,8 @@ def start(redis_url: str) -> Start:
             redis = Redis.from_url(redis_url)
             try:
                 prefix = f"k{uuid.uuid4().hex[:12]}:"
-                keys = KeyManager(FileKeyStore(directory), RotationLock(redis, prefix), alg=alg, passphrase=passphrase,
-                                  demo=demo, schedule=SCHEDULE, clock=time.time,
+                keys = KeyManager(FileKeyStore(directory), RotationLock(redis, prefix), KeyNotices(redis, prefix),
+                                  alg=alg, passphrase=passphrase, demo=demo, schedule=SCHEDULE, clock=time.time,
                                   audit=AuditLog(redis, f"{prefix}audit", 1000))  # fmt: skip
                 return await keys.tick()
             finally:
@@ -159,8 +159,9 @@ def test_keyrings_per_alg_publish_jwks_pyjwt_accepts(start: Start, tmp_path: Pat
     assert (header["alg"], header["kid"], header["typ"]) == (alg, key.kid, IMPERSONATION_TYP)
     assert msgspec.json.decode(verify_signature(token, key.public, key.alg, header))["sub"] == "42"
 
-    (published_jwk,) = msgspec.json.decode(keyring.jwks)["keys"]
-    published = jwt.PyJWK(published_jwk)
+    standby_jwk, signer_jwk = msgspec.json.decode(keyring.jwks)["keys"]  # JWKS order: the standby first
+    assert standby_jwk["alg"] == alg
+    published = jwt.PyJWK(signer_jwk)
     assert published.algorithm_name == alg
     assert published.key_id == key.kid
     claims = jwt.decode(token, published, algorithms=[alg], audience="https://a.example/x",
@@ -208,18 +209,22 @@ def test_pending_key_is_published_but_neither_signs_nor_verifies(start: Start, t
 # --- key files at rest --------------------------------------------------------------------------------------
 
 
-def test_first_start_creates_one_encrypted_owner_only_key(start: Start, tmp_path: Path) -> None:
+def test_first_start_creates_a_signer_and_a_standby_encrypted_owner_only(start: Start, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keyring = start(keys)
-    (path,) = key_files(keys)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    record = only_record(keys)
-    assert record.encrypted
-    assert record.private_pem.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    paths = key_files(keys)
+    records = {r.kid: r for r in map(read_record, paths)}
+    assert len(records) == 2
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.stem in records
+    for record in records.values():
+        assert record.encrypted
+        assert record.private_pem.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert keyring.signer is not None
     assert keyring.signer.state == "active"
-    assert path.stem == record.kid == keyring.signer.kid
-    assert [k.kid for k in keyring.keys] == [record.kid]
+    assert sorted(k.state for k in keyring.keys) == ["active", "pending"]
+    assert {k.kid for k in keyring.keys} == set(records)
 
 
 def test_reopening_loads_the_same_key(start: Start, tmp_path: Path) -> None:
@@ -229,7 +234,7 @@ def test_reopening_loads_the_same_key(start: Start, tmp_path: Path) -> None:
     assert again.signer.kid == first.signer.kid
     assert again.jwks == first.jwks
     assert again.etag == first.etag
-    assert len(key_files(tmp_path)) == 1
+    assert len(key_files(tmp_path)) == 2
 
 
 def test_wrong_passphrase_is_refused_clearly(start: Start, tmp_path: Path) -> None:
@@ -249,7 +254,7 @@ def test_encrypted_key_without_passphrase_in_demo(start: Start, tmp_path: Path) 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602])
 def test_readable_key_file_is_refused(start: Start, tmp_path: Path, mode: int) -> None:
     start(tmp_path)
-    (path,) = key_files(tmp_path)
+    path = key_files(tmp_path)[0]
     path.chmod(mode)
     with pytest.raises(KeyStoreError, match=r"permissions .* are too open; run chmod 600"):
         start(tmp_path)
@@ -257,10 +262,11 @@ def test_readable_key_file_is_refused(start: Start, tmp_path: Path, mode: int) -
 
 def test_plain_key_only_in_demo(start: Start, tmp_path: Path) -> None:
     demo_ring = start(tmp_path, passphrase=None, demo=True)
-    record = only_record(tmp_path)
-    assert not record.encrypted
-    assert record.private_pem.startswith("-----BEGIN PRIVATE KEY-----")
-    assert stat.S_IMODE(key_files(tmp_path)[0].stat().st_mode) == 0o600
+    for path in key_files(tmp_path):
+        record = read_record(path)
+        assert not record.encrypted
+        assert record.private_pem.startswith("-----BEGIN PRIVATE KEY-----")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(KeyStoreError, match="not encrypted; only --demo accepts plain keys"):
         start(tmp_path)
     again = start(tmp_path, passphrase=None, demo=True)

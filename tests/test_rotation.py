@@ -80,21 +80,14 @@ def test_a_whole_rotation_never_leaves_a_token_unverifiable(rotating: Stack) -> 
     with running(create_app(rotating.settings, clock)) as (client, authority):
         old_kid = authority.keyring.signer.kid if authority.keyring.signer else ""
         session_before = (client.post(EXCHANGE, json={"token": mint(client, rotating)})).json()
-
-        clock.now = t0 + ROTATION - PREPUBLISH
-        in_app(client, authority.keys.tick)
-        published = jwks(client)
-        assert len(published) == 2
-        new_kid = published[0]["kid"]  # pending first, then active
-        assert new_kid != old_kid
-        assert published[1]["kid"] == old_kid
-        assert kid_of(mint(client, rotating)) == old_kid  # published, not signing yet
+        new_kid, signing = (k["kid"] for k in jwks(client))  # the standby first, published from the start
+        assert (signing, kid_of(mint(client, rotating))) == (old_kid, old_kid)
 
         clock.now = t0 + ROTATION - 30
         signed_before = mint(client, rotating)
         clock.now = t0 + ROTATION
         in_app(client, authority.keys.tick)
-        assert [k["kid"] for k in jwks(client)] == [new_kid, old_kid]  # active, retiring
+        assert [k["kid"] for k in jwks(client)][1:] == [new_kid, old_kid]  # a new standby, active, retiring
         assert kid_of(mint(client, rotating)) == new_kid
 
         exchanged = client.post(EXCHANGE, json={"token": signed_before})
@@ -143,7 +136,7 @@ def test_two_replicas_share_one_key_set_and_only_one_rotates(make_stack: Callabl
     clock = Clock()
     one, two = create_app(stack.settings, clock), create_app(stack.settings, clock)
     with running(one) as (c1, a1), running(two) as (c2, a2):
-        assert len(in_app(c1, a1.keys.store.load)) == 1  # both started; one first key
+        assert len(in_app(c1, a1.keys.store.load)) == 2  # both started; one first key and its standby
         in_app(c1, a1.keys.refresh)
         in_app(c2, a2.keys.refresh)
         assert (c1.get("/.well-known/jwks.json")).content == (c2.get("/.well-known/jwks.json")).content
@@ -152,16 +145,14 @@ def test_two_replicas_share_one_key_set_and_only_one_rotates(make_stack: Callabl
         assert (c2.post(EXCHANGE, json={"token": token})).status_code == 200
         assert (c1.post(EXCHANGE, json={"token": token})).status_code == 401
 
-        clock.now += ROTATION - PREPUBLISH
+        clock.now += ROTATION  # the standby takes over: each replica sees no standby left
         with ThreadPoolExecutor(4) as pool:  # two replicas, each on its own loop, ticking at the same moment
             list(pool.map(lambda replica: in_app(*replica), [(c1, a1.keys.tick), (c2, a2.keys.tick)] * 2))
-        assert len(in_app(c1, a1.keys.store.load)) == 2  # exactly one successor, whoever made it
+        assert len(in_app(c1, a1.keys.store.load)) == 3  # exactly one new standby, whoever made it
         in_app(c1, a1.keys.refresh)
         in_app(c2, a2.keys.refresh)
         assert (c1.get("/.well-known/jwks.json")).content == (c2.get("/.well-known/jwks.json")).content
 
-        clock.now += PREPUBLISH
-        in_app(c2, a2.keys.refresh)
         token = mint(c2, stack)
         assert (c1.post(EXCHANGE, json={"token": token})).status_code == 200
 
@@ -185,8 +176,9 @@ def test_emergency_retire_refuses_its_tokens_at_once(rotating: Stack) -> None:
 def test_other_algorithms_pass_the_core_flow(make_stack: Callable[..., Stack], alg: str, kty: str) -> None:
     stack = make_stack(key_alg=alg)
     with running(create_app(stack.settings)) as (client, _):
-        (key,) = jwks(client)
+        standby, key = jwks(client)
         assert (key["kty"], key["alg"], key["use"]) == (kty, alg, "sig")
+        assert (standby["kty"], standby["alg"]) == (kty, alg)
         token = mint(client, stack)
         assert jwt.get_unverified_header(token)["alg"] == alg
         session = client.post(EXCHANGE, json={"token": token})

@@ -8,11 +8,14 @@ moment agrees on who signs, without talking to the others:
 - **retiring** superseded, ``now < retires_at``: published, verifies only;
 - **removed**  after ``retires_at``, or revoked: gone from the JWKS, verifies nothing.
 
-Only the replica holding the rotation lock changes records (``plan`` and ``revoke``); the others just read.
+Besides the signer, a published standby key always exists, so a rotation or an emergency retire only ever promotes a
+key that JWKS consumers already hold. Only the replica holding the rotation lock changes records (``plan`` and
+``revoke``); the others just read.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -39,8 +42,15 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
 @dataclass(frozen=True)
 class Schedule:
     rotation_s: int  # how long a key signs
-    prepublish_s: int  # how long a key is published before it signs (>= the JWKS cache lifetime)
+    prepublish_s: int  # how long every replica publishes a key before it signs (>= the JWKS cache lifetime)
     retention_s: int  # how long a superseded key still verifies (longest token life + skew + grace)
+    serve_lag_s: int = 0  # how long after a record is written every replica serves it (refresh interval + rounding)
+
+    @property
+    def publish_s(self) -> int:
+        """How long after a key is *written* it may sign: pre-publication counts from when replicas first serve
+        it, not from when the record was stored."""
+        return self.prepublish_s + self.serve_lag_s
 
 
 def state(record: KeyRecord, now: int) -> State:
@@ -62,65 +72,81 @@ def signer(records: Sequence[KeyRecord], now: int) -> KeyRecord | None:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the lock holder must do now: records to write (changed or new: ``new_key_at`` asks for a key that
-    activates then, its predecessor already updated in ``updates``) and records to delete."""
+    """What the lock holder must do now: records to write, keys to create (``new_keys``: their activation times,
+    in order, each superseded by the next, see ``chain``) and records to delete."""
 
     updates: tuple[KeyRecord, ...] = ()
-    new_key_at: int | None = None
+    new_keys: tuple[int, ...] = ()
     deletes: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.updates and self.new_key_at is None and not self.deletes
+        return not self.updates and not self.new_keys and not self.deletes
 
 
 def _supersede(record: KeyRecord, at: int, schedule: Schedule) -> KeyRecord:
     return msgspec.structs.replace(record, superseded_at=at, retires_at=at + schedule.retention_s)
 
 
-def plan(records: Sequence[KeyRecord], now: int, schedule: Schedule, *, rotate_now: bool = False) -> Plan:
-    """The next step of the schedule: drop removed keys; with no signer, make one at once (first start, or after
-    an emergency revoke); when the signer is due, publish its successor ``prepublish_s`` before it takes over.
+def chain(created: Sequence[KeyRecord], schedule: Schedule) -> list[KeyRecord]:
+    """New keys made together (a first signer and its standby): each is superseded when the next activates."""
+    return [
+        _supersede(record, following.activates_at, schedule) for record, following in itertools.pairwise(created)
+    ] + list(created[-1:])
 
-    ``rotate_now`` starts a rotation early (still pre-published, so no verifier is caught out).
+
+def plan(records: Sequence[KeyRecord], now: int, schedule: Schedule, *, alg: str, rotate_now: bool = False) -> Plan:
+    """The next step of the schedule. The invariant it keeps: besides the signer, a **standby** key of the
+    configured ``alg`` is always published, so that whatever happens next (the due rotation, an emergency retire)
+    promotes a key every JWKS consumer already holds.
+
+    - removed keys are deleted; a standby of another alg (the setting changed) too: it never signed, and a standby
+      of the new alg replaces it through the same pre-publication;
+    - with no signer (first start, every key revoked): the earliest standby signs now, or a new key does;
+    - with no standby: one is made, signing when the signer is due but never before it has been served
+      ``publish_s``;
+    - ``rotate_now`` brings the standby forward, still no earlier than ``publish_s`` after it was written.
     """
-    deletes = tuple(r.kid for r in records if state(r, now) == "removed")
+    deletes = [r.kid for r in records if state(r, now) == "removed"]
+    deletes += [r.kid for r in records if state(r, now) == "pending" and r.alg != alg]
     live = [r for r in records if r.kid not in deletes]
     current = signer(live, now)
-    pending = sorted((r for r in live if state(r, now) == "pending"), key=lambda r: r.activates_at)
+    standby = sorted((r for r in live if state(r, now) == "pending"), key=lambda r: r.activates_at)
     if current is None:
-        # Nobody signs (first start, or every key gone): the earliest pending key, or a new one, signs now.
-        if pending:
-            return Plan(updates=(msgspec.structs.replace(pending[0], activates_at=now),), deletes=deletes)
-        return Plan(new_key_at=now, deletes=deletes)
+        if not standby:
+            return Plan(new_keys=(now, now + schedule.rotation_s), deletes=tuple(deletes))
+        promoted = msgspec.structs.replace(standby[0], activates_at=now)
+        if len(standby) > 1:
+            return Plan(updates=(_supersede(promoted, standby[1].activates_at, schedule),), deletes=tuple(deletes))
+        return Plan(
+            updates=(_supersede(promoted, now + schedule.rotation_s, schedule),),
+            new_keys=(now + schedule.rotation_s,),
+            deletes=tuple(deletes),
+        )
     # Two signers can only come from two rotators (a lock that expired mid-round): the older one retires now.
     extra = tuple(_supersede(r, now, schedule) for r in live if state(r, now) == "active" and r.kid != current.kid)
-    due = current.activates_at + schedule.rotation_s
-    if pending or (not rotate_now and now < due - schedule.prepublish_s):
-        return Plan(updates=extra, deletes=deletes)
-    starts = now + schedule.prepublish_s if rotate_now else max(now + schedule.prepublish_s, due)
-    return Plan(updates=(*extra, _supersede(current, starts, schedule)), new_key_at=starts, deletes=deletes)
+    if not standby:
+        starts = max(current.activates_at + schedule.rotation_s, now + schedule.publish_s)
+        return Plan(updates=(*extra, _supersede(current, starts, schedule)), new_keys=(starts,), deletes=tuple(deletes))
+    if rotate_now:
+        starts = max(now, standby[0].created_at + schedule.publish_s)
+        if starts < standby[0].activates_at:
+            brought = msgspec.structs.replace(standby[0], activates_at=starts)
+            return Plan(updates=(*extra, _supersede(current, starts, schedule), brought), deletes=tuple(deletes))
+    return Plan(updates=extra, deletes=tuple(deletes))
 
 
-def revoke(records: Sequence[KeyRecord], kid: str, now: int, schedule: Schedule) -> Plan:
-    """Emergency retire: ``kid`` stops verifying at once. Revoking the signer promotes the pending key (or asks
-    for a new one) immediately; revoking a pending key gives the signer back its unlimited term."""
+def revoke(records: Sequence[KeyRecord], kid: str, now: int, schedule: Schedule, *, alg: str) -> Plan:
+    """Emergency retire: ``kid`` stops verifying at once. Revoking the signer promotes the standby, which every
+    consumer already holds; in the same write a new standby is made (see ``plan``)."""
     target = next((r for r in records if r.kid == kid), None)
     if target is None:
         raise KeyError(kid)
     revoked = msgspec.structs.replace(target, revoked=True)
-    was = state(target, now)
-    updates: list[KeyRecord] = [revoked]
-    if was == "pending":
-        current = signer(records, now)
-        if current is not None and current.superseded_at == target.activates_at:
-            updates.append(msgspec.structs.replace(current, superseded_at=None, retires_at=None))
-        return Plan(updates=tuple(updates))
-    if was != "active":
-        return Plan(updates=tuple(updates))
-    pending = [r for r in records if state(r, now) == "pending"]
-    if pending:
-        successor = min(pending, key=lambda r: r.activates_at)
-        updates.append(msgspec.structs.replace(successor, activates_at=now))
-        return Plan(updates=tuple(updates))
-    return Plan(updates=tuple(updates), new_key_at=now)
+    after = plan([revoked if r.kid == kid else r for r in records], now, schedule, alg=alg)
+    # The revoked record is written (and audited) as revoked; the next round deletes it.
+    return Plan(
+        updates=(revoked, *after.updates),
+        new_keys=after.new_keys,
+        deletes=tuple(d for d in after.deletes if d != kid),
+    )

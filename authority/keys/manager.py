@@ -7,18 +7,28 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio.to_thread
 
 from authority.audit import AuditLog
 from authority.keys.jwk import PrivateKey, public_jwk
 from authority.keys.keyring import Keyring, LoadedKey, new_record, unseal_record
-from authority.keys.lifecycle import KeyRecord, Plan, Schedule, plan, revoke, state
+from authority.keys.lifecycle import KeyRecord, Plan, Schedule, chain, plan, revoke, state
 from authority.keys.lock import RotationLock
+from authority.keys.notices import KeyNotices
 from authority.keys.sealing import KeyStoreError
 
 logger = logging.getLogger("authority.keys")
+REREAD_EVERY_S = 1.0  # unknown kids re-read the records at most this often
+LOCK_WAIT_S = 20  # how long a command waits for another replica's rotation round to let go of the lock
+
+
+class Effect(NamedTuple):
+    """Where a key command is in effect when it returns: processes that re-read the records, of those listening."""
+
+    confirmed: int
+    listening: int
 
 
 class KeyStore(Protocol):
@@ -32,6 +42,7 @@ class KeyManager:
         self,
         store: KeyStore,
         lock: RotationLock,
+        notices: KeyNotices,
         *,
         alg: str,
         passphrase: str | None,
@@ -44,6 +55,7 @@ class KeyManager:
             raise KeyStoreError("AUTHORITY_KEY_PASSPHRASE is required outside --demo: private keys are encrypted")
         self.store = store
         self.lock = lock
+        self.notices = notices
         self.audit = audit
         self.alg = alg
         self.schedule = schedule
@@ -55,6 +67,8 @@ class KeyManager:
         self.keyring = Keyring(())
         self.refreshed_at: int | None = None
         self.interval_s = 2.0
+        self._reread_lock = asyncio.Lock()
+        self._next_reread = 0.0
 
     def _now(self) -> int:
         return int(self.clock())
@@ -88,10 +102,11 @@ class KeyManager:
         return self.keyring
 
     async def _apply(self, step: Plan, records: list[KeyRecord], now: int, reason: str) -> list[KeyRecord]:
-        created = []
-        if step.new_key_at is not None:
-            make = partial(new_record, self.alg, self._passphrase, now=now, activates_at=step.new_key_at)
-            created.append(await anyio.to_thread.run_sync(make))  # RSA generation takes up to a second
+        made = []
+        for activates_at in step.new_keys:
+            make = partial(new_record, self.alg, self._passphrase, now=now, activates_at=activates_at)
+            made.append(await anyio.to_thread.run_sync(make))  # RSA generation takes up to a second
+        created = chain(made, self.schedule)
         await self.lock.confirm()
         await self.store.save([*step.updates, *created])
         await self.store.delete(step.deletes)
@@ -109,38 +124,79 @@ class KeyManager:
         return [*kept, *changed.values()]
 
     async def tick(self) -> Keyring:
-        """One round of the schedule. Cheap when nothing is due: one read, no lock."""
+        """One round of the schedule. Cheap when nothing is due: one read, no lock. A change is announced."""
         now = self._now()
         records = await self.store.load()
-        if not plan(records, now, self.schedule).empty:
+        if not plan(records, now, self.schedule, alg=self.alg).empty:
             async with self.lock.hold() as mine:
                 if mine:
                     records = await self.store.load()  # re-read under the lock: another replica may have acted
-                    records = await self._apply(plan(records, now, self.schedule), records, now, "schedule")
+                    step = plan(records, now, self.schedule, alg=self.alg)
+                    if not step.empty:
+                        records = await self._apply(step, records, now, "schedule")
+                        await self.notices.announce()
         await self._install(records, now)
         return self.keyring
 
-    async def _locked(self, make: Callable[[list[KeyRecord], int], Plan], reason: str, wait_s: float = 20) -> None:
+    async def start(self, wait_s: float) -> None:
+        """The first rounds, until this process holds a signer: a process must not take requests, nor say it is
+        ready, with an empty key set. On a first start another process may hold the rotation lock while it makes
+        the keys; this one re-reads until they are there, for at most ``wait_s`` (the lock's lifetime: a holder
+        that died lets go by then)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
+        deadline, pause = loop.time() + wait_s, 0.05
+        while self.keyring.signer_at(self._now()) is None:
+            if loop.time() > deadline:
+                raise KeyStoreError(
+                    f"no signing key after {wait_s:.0f} s: another process holds the rotation lock and wrote none"
+                )
+            await self.tick()
+            if self.keyring.signer_at(self._now()) is None:
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 1.0)
+
+    async def reread_for(self, kid: str) -> bool:
+        """Whether ``kid``, unknown here, is known after re-reading the records: another process may have just
+        written it (a first start, a retire) and this one not yet heard. At most one re-read per
+        ``REREAD_EVERY_S`` whatever the requests ask, so made-up kids cost nothing; concurrent askers share it."""
+        async with self._reread_lock:
+            if any(k.kid == kid for k in self.keyring.keys):
+                return True  # the re-read another request waited for found it
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._next_reread:
+                return False
+            self._next_reread = loop.time() + REREAD_EVERY_S
+            await self.refresh()
+            return any(k.kid == kid for k in self.keyring.keys)
+
+    async def _locked(self, make: Callable[[list[KeyRecord], int], Plan], reason: str, wait_s: float) -> Effect:
+        """Apply ``make``'s plan under the lock, then announce it and wait up to ``wait_s`` for every listening
+        process to have re-read the records."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOCK_WAIT_S
         while True:
             async with self.lock.hold() as mine:
                 if mine:
                     now = self._now()
                     records = await self.store.load()
                     await self._install(await self._apply(make(records, now), records, now, reason), now)
-                    return
+                    break
             if loop.time() > deadline:
                 raise TimeoutError("another replica holds the rotation lock")
             await asyncio.sleep(0.1)
+        return Effect(*await self.notices.announce(wait_s))
 
-    async def rotate_now(self) -> None:
-        """Start a rotation now: the successor is published at once and signs after the pre-publish time."""
-        await self._locked(lambda records, now: plan(records, now, self.schedule, rotate_now=True), "manual")
+    async def rotate_now(self, wait_s: float = 0) -> Effect:
+        """Bring the standby forward: it signs as soon as it has been published for the pre-publish time."""
+        return await self._locked(
+            lambda records, now: plan(records, now, self.schedule, alg=self.alg, rotate_now=True), "manual", wait_s
+        )
 
-    async def retire(self, kid: str) -> None:
-        """Emergency: ``kid`` leaves the JWKS and stops verifying at once."""
-        await self._locked(lambda records, now: revoke(records, kid, now, self.schedule), "emergency")
+    async def retire(self, kid: str, wait_s: float = 0) -> Effect:
+        """Emergency: ``kid`` leaves the JWKS and stops verifying at once; the standby signs in its place."""
+        return await self._locked(
+            lambda records, now: revoke(records, kid, now, self.schedule, alg=self.alg), "emergency", wait_s
+        )
 
     async def run(self, interval_s: float) -> None:
         """Background loop: keep ticking; a failed round (Redis down) is logged once with its cause, retried every
