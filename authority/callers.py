@@ -7,8 +7,6 @@ Our own access tokens are recognised too, so that an impersonated session presen
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 from collections import OrderedDict
@@ -33,7 +31,9 @@ from authority.settings import Settings, TrustedIssuer
 from authority.tokens import (
     IMPERSONATION_TYP,
     check_times,
+    low_s_spelling,
     read_header,
+    segment_bytes,
     strict_json,
     typ_matches,
     verify_access,
@@ -62,13 +62,13 @@ class _Unverified(msgspec.Struct):
 
 
 def _unverified_issuer(token: str) -> str:
-    """Only to choose which issuer's keys verify the token; nothing else is read before verification."""
-    try:
-        segment = token.split(".")[1]
-        payload = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        return msgspec.json.decode(payload, type=_Unverified).iss
-    except (IndexError, binascii.Error, ValueError, RecursionError, msgspec.DecodeError):
-        raise Unauthenticated("bearer token is malformed") from None
+    """Only to choose which issuer's keys verify the token; nothing else is read before verification. The payload
+    is read by the same strict rules as after verification (one spelling, UTF-8, no name twice): InvalidToken."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise Unauthenticated("bearer token is malformed")
+    issuer: str = strict_json(segment_bytes(segments[1]), _Unverified).iss
+    return issuer
 
 
 def bearer(authorization: str | None) -> str:
@@ -122,7 +122,8 @@ class Trust:
         """The verified caller. A successful verification is remembered for the exact token string, until its
         ``exp`` and at most ``REMEMBER_S``: a portal client calls with the same bearer many times, and a signature
         check costs more than the rest of a mint (measured in bench/). The price: a bearer whose issuer key is
-        withdrawn keeps working for up to ``REMEMBER_S``."""
+        withdrawn keeps working for up to ``REMEMBER_S``. One entry per token, however it is spelled: segments
+        must be canonical base64url, and an ECDSA signature counts as its low-S twin."""
         token = bearer(authorization)
         remembered = self._verified.get(token)
         if remembered is not None and now < remembered[1]:
@@ -131,8 +132,12 @@ class Trust:
             header = read_header(token)
             issuer = _unverified_issuer(token)
             if issuer == self._settings.public_issuer:
-                caller = self._own_session(token, now)
+                caller = self._own_session(token, now)  # ours are only ever low-S: a high-S one is refused
             else:
+                token = low_s_spelling(token, header["alg"])
+                remembered = self._verified.get(token)
+                if remembered is not None and now < remembered[1]:
+                    return remembered[0]
                 caller = await self._trusted(token, header, issuer, now)
         except InvalidToken as exc:
             raise Unauthenticated(f"bearer token refused: {exc.detail}") from None

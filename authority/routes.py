@@ -43,7 +43,7 @@ from authority.refusals import (
     WrongIssuer,
     WrongTokenType,
 )
-from authority.tokens import MAX_TOKEN_LENGTH
+from authority.tokens import MAX_TOKEN_LENGTH, check_unique_names
 
 NO_STORE = CacheControlHeader(no_store=True)
 # Decimal digits only: "1e3", "+5" or " 5" are not ids, however a lenient int parser would read them.
@@ -239,6 +239,10 @@ async def exchange(
 ) -> Session:
     if request.content_type[0] != "application/json":
         raise UnsupportedMediaType("send the token as application/json")
+    try:  # msgspec read the body keeping the last of repeated names; a request means one thing or is refused
+        check_unique_names(await request.body())
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is ambiguous: {exc}") from None
     return await authority.exchange(data.token)
 
 

@@ -6,15 +6,17 @@ parameters, ``typ``, ``iss``, ``aud``, time) is checked here, strictly, so every
 
 from __future__ import annotations
 
-import binascii
+import base64
 import codecs
 import functools
+import json
 import re
+from collections import Counter
 from typing import Any, TypeVar
 
 import jwt
 import msgspec
-from jwt.utils import base64url_decode, base64url_encode
+from jwt.utils import base64url_encode
 
 from authority.keys import Keyring, LoadedKey
 from authority.refusals import (
@@ -42,6 +44,11 @@ ALGORITHMS = {
 }
 # Strict alphabet: base64 decoders skip stray characters, which would let one token be written many ways.
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+# Group orders n of the ECDSA curves (SEC 2 2.4.2, 2.5.1): (r, s) and (r, n - s) both verify, so only s <= n/2 counts.
+CURVE_ORDERS = {
+    "ES256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "ES384": 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973,
+}
 ClaimsT = TypeVar("ClaimsT", bound=msgspec.Struct)
 OursT = TypeVar("OursT", "ImpersonationClaims", "AccessClaims")
 
@@ -131,25 +138,66 @@ def _header_segment(alg: str, kid: str, typ: str) -> bytes:
     return base64url_encode(msgspec.json.encode({"alg": alg, "kid": kid, "typ": typ}))
 
 
+def low_s(alg: str, signature: bytes) -> bytes:
+    """``signature`` (JWS ECDSA: r || s) with an s above n/2 replaced by n - s, BIP 62's low-S rule; other algs
+    unchanged.
+
+    ECDSA is malleable: whoever holds a token can turn (r, s) into (r, n - s), which verifies just as well, and
+    so write a second token from the first. We accept only the low-S twin (``verify_signature``), so we must
+    emit it too: OpenSSL, under cryptography and PyJWT, leaves s as it falls (random nonce or RFC 6979 alike),
+    above n/2 for half of what it signs. Trusted issuers' libraries do the same, so their bearers are read in
+    their low-S spelling (``low_s_spelling``) rather than refused."""
+    order = CURVE_ORDERS.get(alg)
+    half = len(signature) // 2
+    if order is None or not half:
+        return signature
+    s = int.from_bytes(signature[half:], "big")
+    if not order // 2 < s < order:  # low already, or no signature at all (s >= n never verifies)
+        return signature
+    return signature[:half] + (order - s).to_bytes(half, "big")
+
+
+def low_s_spelling(token: str, alg: str) -> str:
+    """``token`` with an ECDSA signature in its low-S form: the one spelling under which a caller's bearer is
+    verified and remembered, whichever of the twins its issuer wrote."""
+    signing_input, _, signature = token.rpartition(".")
+    raw = segment_bytes(signature)
+    normal = low_s(alg, raw)
+    return token if normal == raw else f"{signing_input}.{base64url_encode(normal).decode('ascii')}"
+
+
 def sign(claims: msgspec.Struct, key: LoadedKey, typ: str) -> str:
-    """Compact JWS of ``claims``: PyJWT's algorithm objects for the signature, msgspec for the JSON, the header
-    from a cache. (``PyJWS.encode`` re-encodes the header with ``json`` each time; measured in bench/.)"""
+    """Compact JWS of ``claims``: PyJWT's algorithm objects for the signature (low-S for ECDSA), msgspec for the
+    JSON, the header from a cache. (``PyJWS.encode`` re-encodes the header with ``json`` each time; measured in
+    bench/.)"""
     signing_input = _header_segment(key.alg, key.kid, typ) + b"." + base64url_encode(msgspec.json.encode(claims))
-    signature = ALGORITHMS[key.alg].sign(signing_input, key.private)
+    signature = low_s(key.alg, ALGORITHMS[key.alg].sign(signing_input, key.private))
     return (signing_input + b"." + base64url_encode(signature)).decode("ascii")
 
 
+def segment_bytes(segment: str) -> bytes:
+    """The bytes of one compact-JWS segment, written the one way RFC 7515 section 2 writes them: the URL-safe
+    alphabet, no padding, and unused trailing bits zero. Decoders ignore those bits, so without this check a
+    segment of n bytes (n mod 3 = 1 or 2) has 16 or 4 spellings that all decode alike; the signature binds the
+    bytes, not the spelling, so each re-spelled token would verify. One token, one spelling."""
+    if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise InvalidToken("a JWS in compact form is three base64url segments")
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise InvalidToken("a JWS segment is not canonical base64url (its unused trailing bits are not zero)")
+    return raw
+
+
 def read_header(token: str) -> dict[str, Any]:
-    """The unverified JOSE header, refused if it is malformed or asks us to trust keys it names itself."""
+    """The unverified JOSE header, refused if it is malformed or asks us to trust keys it names itself. Every
+    segment is checked for its spelling here, before any key is looked up or any signature checked."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken(f"token is longer than {MAX_TOKEN_LENGTH} characters")
     segments = token.split(".")
-    if len(segments) != 3 or not all(_BASE64URL.fullmatch(s) for s in segments):
+    if len(segments) != 3:
         raise InvalidToken("a JWS in compact form is three base64url segments")
-    try:
-        header = strict_json(base64url_decode(segments[0]))
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidToken(f"malformed header: {exc}") from None
+    header_bytes, _, _ = (segment_bytes(s) for s in segments)
+    header = strict_json(header_bytes)
     if not isinstance(header, dict):
         raise InvalidToken("the header is not a JSON object")
     refused = FORBIDDEN_HEADERS.intersection(header)
@@ -168,31 +216,64 @@ def typ_matches(header: dict[str, Any], expected: str) -> bool:
 
 def verify_signature(token: str, key: Any, alg: str, header: dict[str, Any]) -> bytes:
     """The payload bytes, if ``token`` (already through ``read_header``) is signed by ``key`` with exactly
-    ``alg``, the key's own alg."""
+    ``alg``, the key's own alg. A high-S ECDSA signature is refused as not verifying (``low_s``): it is a
+    signature, but not the one we accept, and random bytes in the signature get the same answer either way."""
     if header["alg"] != alg or alg not in ALGORITHMS:
         raise BadSignature(f"alg {header['alg']!r} is not the key's alg")
     head, body, signature = token.split(".")
+    raw_signature = segment_bytes(signature)
+    if low_s(alg, raw_signature) != raw_signature:
+        raise BadSignature("ECDSA signature has a high S; only its low-S twin is accepted")
     try:
-        verified = ALGORITHMS[alg].verify(f"{head}.{body}".encode("ascii"), key, base64url_decode(signature))
+        verified = ALGORITHMS[alg].verify(f"{head}.{body}".encode("ascii"), key, raw_signature)
     except (TypeError, ValueError, AttributeError):  # a key of another type, or a signature of the wrong size
         verified = False
     if not verified:
         raise BadSignature("signature does not verify")
-    return base64url_decode(body)
+    return segment_bytes(body)
+
+
+class _RepeatedName(ValueError):
+    pass
+
+
+def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise _RepeatedName(Counter(name for name, _ in pairs).most_common(1)[0][0])
+    return members
+
+
+def check_unique_names(raw: bytes) -> None:
+    """ValueError if an object anywhere in the JSON text ``raw`` names a member twice. RFC 8259 section 4 leaves
+    what such an object means to each parser, and RFC 7515 section 5.2 / RFC 7519 section 4 let a JWT recipient
+    refuse it or take the last: we refuse, since a reader that takes the first would see another request or token
+    than the one we checked. msgspec keeps the last silently, so the stdlib parser, which hands over every pair,
+    counts them (a few microseconds for a claims set); call it on text msgspec has already accepted."""
+    try:
+        json.loads(raw, object_pairs_hook=_members)
+    except _RepeatedName as exc:
+        raise ValueError(f"member name {exc.args[0]!r} appears twice in one object") from None
 
 
 def strict_json(raw: bytes, kind: Any = None) -> Any:
-    """JSON as RFC 8259 section 8.1 and RFC 8725 section 2.6 want it between systems: UTF-8, no byte order mark.
-    (``json.loads`` would also take UTF-16 and UTF-32, so two parsers could read one token two ways.)"""
+    """JSON as RFC 8259 section 8.1 and RFC 8725 section 2.6 want it between systems: UTF-8, no byte order mark,
+    no member name twice in one object. (``json.loads`` would also take UTF-16 and UTF-32, so two parsers could
+    read one token two ways.)"""
     if raw.startswith(codecs.BOM_UTF8):
         raise InvalidToken("JSON must not start with a byte order mark")
     try:
         raw.decode("utf-8")
-        return msgspec.json.decode(raw, type=kind) if kind is not None else msgspec.json.decode(raw)
+        value = msgspec.json.decode(raw, type=kind) if kind is not None else msgspec.json.decode(raw)
     except UnicodeDecodeError:
         raise InvalidToken("JSON must be UTF-8") from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise InvalidToken(f"JSON is malformed: {exc}") from None
+    try:
+        check_unique_names(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidToken(f"JSON is ambiguous: {exc}") from None
+    return value
 
 
 def decode_claims(payload: bytes, kind: type[ClaimsT]) -> ClaimsT:
