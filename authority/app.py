@@ -129,16 +129,18 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         app.state.authority = Authority(
             settings, keys=keys, allowlist=allowlist, limiter=limiter, directory=directory, audit=audit, clock=clock
         )
-        await start_keys(keys)
-        background = [
-            asyncio.create_task(keys.run(settings.key_refresh_s)),
-            asyncio.create_task(keys.notices.listen(keys.refresh, settings.key_refresh_s)),
-            asyncio.create_task(audit.run()),
-        ]
+        audit.start()
         try:
-            yield
+            await start_keys(keys)
+            background = [
+                asyncio.create_task(keys.run(settings.key_refresh_s)),
+                asyncio.create_task(keys.notices.listen(keys.refresh, settings.key_refresh_s)),
+            ]
+            try:
+                yield
+            finally:
+                await stop(background)
         finally:
-            await stop(background)
             await audit.close()
             await redis.aclose()
 

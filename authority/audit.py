@@ -39,6 +39,8 @@ class AuditLog:
         self._lines: deque[bytes] = deque(maxlen=backlog)  # for the log, written on the next flush
         self._pending: deque[bytes] = deque(maxlen=backlog)  # for the stream; oldest dropped if Redis stays down
         self._wake = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
         # Redis failures, logged per outage rather than per failure; here, where both the request path (through
         # app.state.audit) and this writer, whose successful writes end them, reach one per app.
         self.outages = OutageLog(logging.getLogger("authority.outages"))
@@ -90,6 +92,8 @@ class AuditLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             to_stream = bool(self._pending)
             try:
                 await self.flush()
@@ -101,6 +105,15 @@ class AuditLog:
                 if to_stream:
                     self.outages.recovered()
 
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self.run())
+
     async def close(self) -> None:
+        """Stop the writer between two writes, never in one (a write cancelled after Redis applied it would be
+        queued again and written twice), then write what is left."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
         with contextlib.suppress(*REDIS_ERRORS):
             await self.flush()

@@ -58,7 +58,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     redis_replica_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 200
     keys_dir: str = "keys"
     key_passphrase: str | None = None
-    key_alg: SigningAlg = "EdDSA"
+    key_alg: SigningAlg = "ES256"  # every common consumer verifies it; EdDSA and RS256 on request (README)
     key_store: Literal["file", "redis"] = "file"
     key_rotation_s: Annotated[int, msgspec.Meta(ge=60)] = 86400
     key_prepublish_s: Positive = 3600

@@ -52,11 +52,11 @@ def test_staff_mint_then_exchange_once(client: TestClient[Any], stack: Stack) ->
 
     header = jwt.get_unverified_header(token)
     assert header["typ"] == "imp+jwt"
-    assert header["alg"] == "EdDSA"
+    assert header["alg"] == "ES256"  # the default
     claims = jwt.decode(
         token,
         public_key_of(client, token),
-        algorithms=["EdDSA"],
+        algorithms=["ES256"],
         audience="http://authority.test/api/sys/users/exchange",
         issuer="http://authority.test",
     )
@@ -78,7 +78,7 @@ def test_staff_mint_then_exchange_once(client: TestClient[Any], stack: Stack) ->
     at = jwt.decode(
         access,
         public_key_of(client, access),
-        algorithms=["EdDSA"],
+        algorithms=["ES256"],
         audience="portal-api",
         issuer="http://authority.test",
     )
@@ -260,11 +260,10 @@ def test_jwks_and_discovery(client: TestClient[Any]) -> None:
     assert response.status_code == 200
     assert "max-age=300" in response.headers["cache-control"]
     keys = response.json()["keys"]
-    assert len(keys) == 1
-    assert keys[0]["kty"] == "OKP"
-    assert keys[0]["alg"] == "EdDSA"
-    assert keys[0]["use"] == "sig"
-    assert "d" not in keys[0]
+    assert len(keys) == 2  # the signer and its published standby
+    for key in keys:
+        assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
+        assert "d" not in key
     not_modified = client.get("/.well-known/jwks.json", headers={"If-None-Match": response.headers["etag"]})
     assert not_modified.status_code == 304
 

@@ -83,6 +83,13 @@ def public_key_forms(key: ed25519.Ed25519PublicKey) -> dict[str, bytes]:
     }
 
 
+@pytest.fixture
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    """The forgeries here are built around Ed25519 keys; the other algs, the default ES256 included, are covered by
+    test_rotation, test_keys and test_spelling."""
+    return make_stack(key_alg="EdDSA")
+
+
 @dataclass
 class Minted:
     """A genuine, unused impersonation token, its decoded parts, and the key that really signed it."""

@@ -159,7 +159,7 @@ def test_keyrings_per_alg_publish_jwks_pyjwt_accepts(start: Start, tmp_path: Pat
     assert (header["alg"], header["kid"], header["typ"]) == (alg, key.kid, IMPERSONATION_TYP)
     assert msgspec.json.decode(verify_signature(token, key.public, key.alg, header))["sub"] == "42"
 
-    standby_jwk, signer_jwk = msgspec.json.decode(keyring.jwks)["keys"]  # JWKS order: the standby first
+    signer_jwk, standby_jwk = msgspec.json.decode(keyring.jwks)["keys"]  # JWKS order: the signer first
     assert standby_jwk["alg"] == alg
     published = jwt.PyJWK(signer_jwk)
     assert published.algorithm_name == alg

@@ -73,7 +73,7 @@ def test_readme_walkthrough_on_a_real_server(server: Server) -> None:
 
     access = session.json()["access_token"]
     signing_key = jwt.PyJWKClient(f"{server.base}/.well-known/jwks.json").get_signing_key_from_jwt(access)
-    claims = jwt.decode(access, signing_key, algorithms=["EdDSA"], audience="portal-api", issuer=server.base)
+    claims = jwt.decode(access, signing_key, algorithms=["ES256"], audience="portal-api", issuer=server.base)
     assert claims["sub"] == "42"
     assert claims["act"] == {"sub": "7", "role": "operator", "iss": "urn:authority:demo-issuer"}
     assert claims["sid"] == session.json()["session_id"]

@@ -26,7 +26,7 @@ def issuer(**fields: Any) -> dict[str, Any]:
 def test_defaults() -> None:
     s = load({})
     assert (s.host, s.port, s.redis_url, s.redis_prefix) == ("127.0.0.1", 8000, None, "authority:")
-    assert (s.key_alg, s.key_passphrase, s.keys_dir, s.demo) == ("EdDSA", None, "keys", False)
+    assert (s.key_alg, s.key_passphrase, s.keys_dir, s.demo) == ("ES256", None, "keys", False)
     assert (s.impersonation_ttl_s, s.session_ttl_s, s.session_max_ttl_s) == (60, 900, 3600)
     assert (s.clock_skew_s, s.jwks_max_age_s, s.session_audience) == (10, 300, "portal-api")
     assert s.trusted_issuers == []

@@ -17,7 +17,8 @@ from authority.keys.jwk import PrivateKey, PublicKey, public_jwk
 from authority.keys.lifecycle import KeyRecord, State, state
 from authority.keys.sealing import KeyStoreError, seal, unseal
 
-_JWKS_ORDER: dict[State, int] = {"pending": 0, "active": 1, "retiring": 2}
+# The signer first (a consumer that takes the first key gets the one that signs now), then the standby, then retiring.
+_JWKS_ORDER: dict[State, int] = {"active": 0, "pending": 1, "retiring": 2}
 
 
 @dataclass(frozen=True)
