@@ -17,17 +17,31 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from authority.refusals import Unavailable
 from authority.tokens import Actor
 
-# KEYS[1] = the jti key; ARGV[1] = session record (JSON); ARGV[2] = its TTL in seconds.
+# KEYS[1] = the jti key; ARGV[1] = session record (JSON); ARGV[2] = its TTL in seconds; ARGV[3], ARGV[4] (with
+# AUTHORITY_REDIS_MIN_REPLICAS only): how many replicas must be online, and heard from (REPLCONF ACK) within how many
+# seconds, for a token to be spent here. They are counted in the same atomic step as the GET and SET: a primary that
+# has fewer (just promoted, its replicas not yet attached) refuses with nothing written. An INFO format this does
+# not read counts no replica: exchanges are refused with their tokens kept, never let through unconfirmed.
 # {0} unknown; {1} consumed, now active; {2, 1} a replay that revoked the session just now; {2, 0} a replay of a
-# token whose session was already revoked.
+# token whose session was already revoked; {3, n} still issued, not spent: only n replicas to confirm it.
 _CONSUME = """
 local value = redis.call('GET', KEYS[1])
 if not value then return {0} end
 if value == 'issued' then
+  local needed = tonumber(ARGV[3] or '0')
+  if needed > 0 then
+    local online = 0
+    local info = redis.call('INFO', 'replication')
+    for lag in string.gmatch(info, 'state=online,offset=%d+,lag=(%d+)') do
+      if tonumber(lag) <= tonumber(ARGV[4]) then online = online + 1 end
+    end
+    if online < needed then return {3, online} end
+  end
   redis.call('SET', KEYS[1], 'active:' .. ARGV[1], 'EX', ARGV[2])
   return {1}
 end
@@ -37,6 +51,12 @@ if string.sub(value, 1, 7) == 'active:' then
 end
 return {2, 0}
 """
+# A replica counts for the check above while the primary heard from it this recently, in whole seconds (replicas
+# acknowledge every second, and at once when a WAIT asks): a replica lost without a TCP reset (host or network
+# down) stops counting after about this long, instead of after repl-timeout (60 s), so the exchanges that spend a
+# token and then meet a short WAIT are bounded to that. Lower would refuse healthy replicas on a slow tick.
+MAX_REPLICA_LAG_S = 2
+_NOT_SPENT = 3
 
 # KEYS[1] = the jti key. 1: revoked now; 2: was already revoked; 0: no such session (unknown, or not exchanged).
 _REVOKE = """
@@ -55,15 +75,21 @@ async def _on_key_primary(cluster: RedisCluster, key: str, *commands: tuple[Any,
     """Send ``commands`` down one connection to the primary that owns ``key``'s slot and read their replies.
 
     The Cluster client's pipeline may spread commands over connections, and a keyless ``WAIT`` would go to any
-    node, so this takes one connection of that node itself. A redirect (a slot moving) fails the request: 503.
+    node, so this takes one connection of that node itself. An error reply (a redirect when a slot moves,
+    NOREPLICAS) comes back as a ``ResponseError`` in its place, for the caller to raise: 503.
     """
     node = cluster.get_node_from_key(key)
     if node is None:
         raise Unavailable("no Cluster node owns this key's slot right now")
     connection = node.acquire_connection()
+    replies: list[Any] = []
     try:
         await connection.send_packed_command(connection.pack_commands(commands))
-        replies = [await node.parse_response(connection, str(command[0])) for command in commands]
+        for command in commands:
+            try:
+                replies.append(await node.parse_response(connection, str(command[0])))
+            except ResponseError as error:  # an error reply (a redirect, NOREPLICAS): read on, stay in step
+                replies.append(error)
     except BaseException:
         await connection.disconnect()  # a half-read connection must not go back to the pool
         raise
@@ -106,7 +132,14 @@ class Allowlist:
     """``min_replicas`` > 0 makes every state change that must survive a failover (consume, revoke) wait until
     that many replicas have it (``WAIT``); if they do not within ``replica_timeout_ms``, the request fails with 503
     and hands nothing out. Replication is asynchronous otherwise: a primary lost before its replica saw an
-    exchange would let the promoted replica accept the same token once more."""
+    exchange would let the promoted replica accept the same token once more.
+
+    A token is only spent where that confirmation can come: the consume script itself refuses, writing nothing,
+    when the primary has fewer than ``min_replicas`` replicas online (a primary just promoted by a failover has
+    none until one attaches), and so does the server's own ``min-replicas-to-write`` if it is set (NOREPLICAS).
+    Either is a 503 that says the token is still good. What remains is a replica counted as online that then fails
+    to acknowledge in time (the primary dying mid-request, a replica lost silently within ``MAX_REPLICA_LAG_S``):
+    that 503 says the token may be spent."""
 
     def __init__(self, redis: Redis, prefix: str, *, min_replicas: int = 0, replica_timeout_ms: int = 200) -> None:
         self._redis = redis
@@ -116,9 +149,10 @@ class Allowlist:
         self._min_replicas = min_replicas
         self._replica_timeout_ms = replica_timeout_ms
 
-    async def _replicated(self, script: str, key: str, *args: bytes | int) -> Any:
+    async def _replicated(self, script: str, key: str, *args: bytes | int) -> tuple[Any, int]:
         """Run ``script`` and, in the same round trip on the same connection, wait for ``min_replicas`` to have
-        its effect (``WAIT`` counts the writes of its own connection only)."""
+        its effect (``WAIT`` counts the writes of its own connection only). The script's reply, and how many
+        replicas acknowledged; an error reply is raised."""
         wait = ("WAIT", self._min_replicas, self._replica_timeout_ms)
         if isinstance(self._redis, RedisCluster):
             reply, acknowledged = await _on_key_primary(self._redis, key, ("EVAL", script, 1, key, *args), wait)
@@ -126,12 +160,14 @@ class Allowlist:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.eval(script, 1, key, *args)
                 pipe.wait(self._min_replicas, self._replica_timeout_ms)
-                reply, acknowledged = await pipe.execute()
-        if int(acknowledged) < self._min_replicas:
-            raise Unavailable(
-                f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; nothing was handed out"
-            )
-        return reply
+                reply, acknowledged = await pipe.execute(raise_on_error=False)
+        for answer in (reply, acknowledged):
+            if isinstance(answer, Exception):
+                raise answer
+        return reply, int(acknowledged)
+
+    def _unconfirmed(self, acknowledged: int, what: str) -> Unavailable:
+        return Unavailable(f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; {what}")
 
     def pipeline(self) -> Pipeline:
         """A non-transactional pipeline: several independent commands, one round trip."""
@@ -149,12 +185,32 @@ class Allowlist:
 
     async def consume(self, jti: str, record: SessionRecord, ttl: int) -> Consumption:
         """Issued → active, once; a second call revokes the session the first one opened."""
-        body = _record_encoder.encode(record)
-        if self._min_replicas:
-            reply = await self._replicated(_CONSUME, self._prefix + jti, body, ttl)
-        else:
-            reply = await self._consume(keys=[self._prefix + jti], args=[body, ttl])
+        key, body = self._prefix + jti, _record_encoder.encode(record)
+        try:
+            if self._min_replicas:
+                args = (body, ttl, self._min_replicas, MAX_REPLICA_LAG_S)
+                reply, acknowledged = await self._replicated(_CONSUME, key, *args)
+            else:
+                reply, acknowledged = await self._consume(keys=[key], args=[body, ttl]), 0
+        except ResponseError as error:
+            if "NOREPLICAS" not in str(error):
+                raise
+            # the server's min-replicas-to-write refused the script's first write: the GET ran, nothing was written
+            raise Unavailable(
+                "Redis has too few replicas to accept writes (min-replicas-to-write); the token was not spent: retry it"
+            ) from None
+        if int(reply[0]) == _NOT_SPENT:
+            raise Unavailable(
+                f"only {reply[1]} of {self._min_replicas} replicas are attached to confirm an exchange (a failover "
+                "in progress?); the token was not spent: retry it"
+            )
         outcome = Outcome(int(reply[0]))
+        if acknowledged < self._min_replicas:
+            if outcome is Outcome.CONSUMED:
+                raise self._unconfirmed(
+                    acknowledged, "no session was handed out, and the token may be spent: mint a new one"
+                )
+            raise self._unconfirmed(acknowledged, "nothing was handed out")
         return Consumption(outcome, revoked_now=outcome is Outcome.REPLAYED and int(reply[1]) == 1)
 
     async def session(self, sid: str) -> Session | None:
@@ -169,9 +225,14 @@ class Allowlist:
 
     async def revoke(self, sid: str) -> bool:
         """Revoke session ``sid``; False if there is no such session. Revoking twice is not an error."""
-        if self._min_replicas:
-            return int(await self._replicated(_REVOKE, self._prefix + sid)) != 0
-        return int(await self._revoke(keys=[self._prefix + sid])) != 0
+        if not self._min_replicas:
+            return int(await self._revoke(keys=[self._prefix + sid])) != 0
+        # No replica check before writing, unlike consume: a revocation only ever takes access away, so applying
+        # it on the primary now is never worse than refusing it; the 503 asks for a retry until it is confirmed.
+        reply, acknowledged = await self._replicated(_REVOKE, self._prefix + sid)
+        if acknowledged < self._min_replicas:
+            raise self._unconfirmed(acknowledged, "the session is revoked on the primary only: retry to confirm it")
+        return int(reply) != 0
 
     async def ping(self) -> None:
         await self._redis.ping()

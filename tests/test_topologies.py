@@ -3,6 +3,8 @@ a unix socket, a 3-node Cluster, and a Sentinel-watched primary whose death must
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +17,11 @@ import redis
 
 from authority.connection import parse_sentinel_url
 from authority.embedded import EmbeddedRedis, free_port, server_binary
-from tests.conftest import Stack
+from authority.replay import MAX_REPLICA_LAG_S
+from tests.conftest import Stack, decode_unverified
 from tests.test_api import EXCHANGE, STAFF
+
+NOT_SPENT = "the token was not spent"  # what a 503 says when the exchange was refused before consuming
 
 
 def core_flow(stack: Stack) -> None:
@@ -224,6 +229,214 @@ def test_killing_the_primary_never_lets_a_token_in_twice(
     assert 200 in statuses  # the service did work, before or after
 
 
+def _replicated_so_far(port: int, prefix: str) -> None:
+    """Return once a replica of the primary on ``port`` has every write made so far: it acknowledged a later one."""
+    with redis.Redis(port=port, socket_timeout=10) as direct:
+        direct.set(f"{prefix}barrier", 1)
+        assert direct.wait(1, 5000) >= 1, "the replica did not catch up"
+
+
+def _states(port: int, prefix: str, tokens: list[str]) -> dict[str, bytes | None]:
+    """Each token's allowlist entry on the server on ``port``, by its state (``issued``, ``active``, ...)."""
+    with redis.Redis(port=port, socket_timeout=10) as direct:
+        values = direct.mget([f"{prefix}jti:{decode_unverified(t)['jti']}" for t in tokens]) if tokens else []
+    return {t: v if v is None else v.split(b":", 1)[0] for t, v in zip(tokens, values, strict=True)}
+
+
+def test_a_failover_with_min_replicas_spends_no_token_it_cannot_confirm(
+    make_stack: Callable[..., Stack], sentinel: SentinelSetup
+) -> None:
+    """Four clients exchange tokens while the primary is killed (SIGKILL) and Sentinel promotes the replica, which
+    then has no replica of its own until the old primary rejoins: every exchange in that window must be refused
+    before it consumes anything. A token refused but no longer ``issued`` was spent without a session; that can
+    only be an exchange in flight on the old primary at the instant it died, so at most one per client."""
+    workers = 4
+    stack = make_stack(
+        redis_url=sentinel.url,
+        key_store="redis",
+        redis_min_replicas=1,
+        redis_replica_timeout_ms=200,
+        mint_rate_per_actor=10_000,
+        mint_rate_per_location=10_000,
+    )
+    prefix = stack.settings.redis_prefix
+    old_primary = sentinel.current_primary_port()
+    with redis.Redis(port=sentinel.replica.port) as direct:  # the primary-to-be syncs the rejoining node at once
+        direct.config_set("repl-diskless-sync-delay", 0)
+    responses: dict[str, tuple[int, str, str | None]] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    with stack.client() as client:
+        operator = stack.bearer("operator", "7")
+        tokens = [client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"] for _ in range(500)]
+        _replicated_so_far(old_primary, prefix)
+        queue = list(reversed(tokens))
+
+        def exchange() -> None:
+            while not stop.is_set():
+                try:
+                    token = queue.pop()
+                except IndexError:
+                    return
+                response = client.post(EXCHANGE, json={"token": token})
+                with lock:
+                    responses[token] = (
+                        response.status_code, response.text, response.headers.get("Retry-After")
+                    )  # fmt: skip
+                if response.status_code != 200:
+                    time.sleep(0.1)  # a client backing off (less than Retry-After, to keep the test short)
+
+        def successes() -> int:
+            with lock:
+                return sum(status == 200 for status, _, _ in responses.values())
+
+        threads = [threading.Thread(target=exchange, daemon=True) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: successes() >= 20, what="exchanges before the kill")
+            assert sentinel.primary.process is not None
+            sentinel.primary.process.kill()  # a crash, not a shutdown: nothing is flushed to anyone
+            sentinel.primary.stop()
+            wait_until(lambda: sentinel.current_primary_port() != old_primary, what="failover")
+            new_primary = sentinel.current_primary_port()
+            time.sleep(1)  # exchanges meet the new primary alone: the window in which tokens used to be lost
+            sentinel.primary = EmbeddedRedis(
+                sentinel.primary.data_dir,
+                persist=False,
+                port=old_primary,
+                extra=["--replicaof", "127.0.0.1", str(new_primary)],
+            ).start()
+            wait_until(lambda: _is_replica(old_primary), what="old primary rejoining as a replica")
+            before = successes()
+            wait_until(lambda: successes() >= before + 20, what="exchanges after a replica rejoined")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert queue, "ran out of tokens before the end: mint more"
+
+        refused = [t for t, (status, _, _) in responses.items() if status != 200]
+        states = _states(new_primary, prefix, refused)
+        spent = [t for t in refused if states[t] != b"issued"]
+        unavailable = [responses[t] for t in refused if responses[t][0] == 503]
+        print(f"{len(responses)} exchanges, {len(refused)} refused, {len(spent)} spent without a session")
+        assert len(spent) <= workers, [(responses[t][:2], states[t]) for t in spent]
+        assert any(NOT_SPENT in text for _, text, _ in unavailable), "no exchange met the new primary alone"
+        assert all(retry_after is not None for _, _, retry_after in unavailable)
+        # what was refused and not spent is still good: a retry after the failover opens its session
+        unspent = [t for t in refused if t not in spent][:50]
+        retried = [client.post(EXCHANGE, json={"token": t}).status_code for t in unspent]
+        assert retried
+        assert set(retried) == {200}, retried
+
+
+def _online_replicas(port: int) -> int:
+    """Replicas the primary on ``port`` itself counts as online (what the consume script counts)."""
+    with redis.Redis(port=port) as direct:
+        info: dict[str, Any] = direct.info("replication")
+    return sum(1 for v in info.values() if isinstance(v, dict) and v.get("state") == "online")
+
+
+def test_without_the_replicas_asked_for_an_exchange_spends_nothing(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """A primary with no replica attached (as one just promoted by a failover is) refuses before consuming: 503
+    with Retry-After, and the token stays issued, so it still works once the requirement is lowered or a replica
+    attaches. A revocation there is applied, and says it is not confirmed yet."""
+    options = ["--repl-diskless-sync-delay", "0"]
+    with EmbeddedRedis(tmp_path / "primary", persist=False, extra=options) as primary:
+        stack = make_stack(redis_url=primary.url, key_store="redis", redis_min_replicas=1, redis_replica_timeout_ms=100)
+        prefix, operator = stack.settings.redis_prefix, stack.bearer("operator", "7")
+        with stack.client() as client:
+            first, second = (
+                client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"] for _ in range(2)
+            )
+            refusals = [client.post(EXCHANGE, json={"token": token}) for token in (first, second, first)]
+            assert [r.status_code for r in refusals] == [503] * 3, [r.text for r in refusals]
+            assert _states(primary.port, prefix, [first, second]) == {first: b"issued", second: b"issued"}
+            for response in refusals:
+                assert response.headers["retry-after"] == "1"
+                assert NOT_SPENT in response.json()["detail"]
+
+            with stack.client(redis_min_replicas=0) as lowered:  # the requirement lowered: the token still works
+                sid = lowered.post(EXCHANGE, json={"token": first}).json()["session_id"]
+            revoke = client.post(f"/api/sys/sessions/{sid}/revoke", headers=operator)
+            assert revoke.status_code == 503, revoke.text
+            assert "revoked on the primary only" in revoke.json()["detail"]
+            assert _states(primary.port, prefix, [first]) == {first: b"revoked"}  # applied all the same
+
+            replica_options = ["--replicaof", "127.0.0.1", str(primary.port)]
+            with EmbeddedRedis(tmp_path / "replica", persist=False, extra=replica_options):
+                wait_until(lambda: _online_replicas(primary.port) >= 1, what="the replica online")
+                session = client.post(EXCHANGE, json={"token": second})
+                assert session.status_code == 200, session.text
+                revoke = client.post(f"/api/sys/sessions/{session.json()['session_id']}/revoke", headers=operator)
+                assert revoke.status_code == 200, revoke.text
+                replay = client.post(EXCHANGE, json={"token": second})
+                assert replay.json()["type"] == "urn:authority:problem:token-replayed"
+
+
+def _replica_lags(port: int) -> list[int]:
+    """Seconds since the primary on ``port`` last heard from each of its replicas."""
+    with redis.Redis(port=port) as direct:
+        info: dict[str, Any] = direct.info("replication")
+    return [int(v["lag"]) for v in info.values() if isinstance(v, dict) and "lag" in v]
+
+
+def test_a_replica_lost_silently_stops_counting_within_seconds(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """A replica that stops answering without closing its connection (its host or the network lost) stays
+    "online" on the primary until repl-timeout (60 s). The consume script stops counting it once it has been
+    silent for more than MAX_REPLICA_LAG_S: from then on an exchange is refused before it spends its token."""
+    with (
+        EmbeddedRedis(tmp_path / "primary", persist=False, extra=["--repl-diskless-sync-delay", "0"]) as primary,
+        EmbeddedRedis(
+            tmp_path / "replica", persist=False, extra=["--replicaof", "127.0.0.1", str(primary.port)]
+        ) as replica,
+    ):
+        wait_until(lambda: _online_replicas(primary.port) >= 1, what="the replica online")
+        stack = make_stack(redis_url=primary.url, key_store="redis", redis_min_replicas=1, redis_replica_timeout_ms=100)
+        with stack.client() as client:
+            token = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7")).json()["token"]
+            assert replica.process is not None
+            os.kill(replica.process.pid, signal.SIGSTOP)  # frozen: its connection stays open, it acknowledges nothing
+            try:
+                wait_until(lambda: min(_replica_lags(primary.port)) > MAX_REPLICA_LAG_S, what="the replica lagging")
+                assert _online_replicas(primary.port) == 1  # the primary still lists it as online
+                response = client.post(EXCHANGE, json={"token": token})
+                assert response.status_code == 503, response.text
+                assert _states(primary.port, stack.settings.redis_prefix, [token]) == {token: b"issued"}
+                assert NOT_SPENT in response.json()["detail"]
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            wait_until(lambda: max(_replica_lags(primary.port)) <= 1, what="the replica answering again")
+            assert client.post(EXCHANGE, json={"token": token}).status_code == 200
+
+
+def test_the_servers_own_min_replicas_to_write_refuses_before_spending(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """With min-replicas-to-write on the server (and no AUTHORITY_REDIS_MIN_REPLICAS), the consume script's first
+    write is refused with NOREPLICAS, after its GET and before anything is written: 503, token not spent."""
+    with EmbeddedRedis(tmp_path / "primary", persist=False) as primary:
+        stack = make_stack(redis_url=primary.url, key_store="redis")
+        with stack.client() as client:
+            token = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7")).json()["token"]
+            with redis.Redis(port=primary.port) as direct:
+                direct.config_set("min-replicas-to-write", 1)
+            response = client.post(EXCHANGE, json={"token": token})
+            assert response.status_code == 503, response.text
+            assert _states(primary.port, stack.settings.redis_prefix, [token]) == {token: b"issued"}
+            assert response.headers["retry-after"] == "1"
+            assert NOT_SPENT in response.json()["detail"]
+            with redis.Redis(port=primary.port) as direct:
+                direct.config_set("min-replicas-to-write", 0)
+            assert client.post(EXCHANGE, json={"token": token}).status_code == 200
+
+
 def _is_replica(port: int) -> bool:
     try:
         with redis.Redis(port=port) as direct:
@@ -278,7 +491,7 @@ def test_cluster_with_min_replicas_waits_on_the_keys_own_primary(
             node.stop()
 
 
-def test_cluster_without_the_replicas_asked_for_hands_nothing_out(
+def test_cluster_without_the_replicas_asked_for_spends_nothing(
     make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis]
 ) -> None:
     stack = make_stack(redis_url=cluster[0].url, redis_cluster=True, key_store="redis", redis_min_replicas=1)
@@ -286,7 +499,11 @@ def test_cluster_without_the_replicas_asked_for_hands_nothing_out(
         token = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7")).json()["token"]
         response = client.post(EXCHANGE, json={"token": token})
         assert response.status_code == 503, response.text
-        assert "replicas confirmed" in response.json()["detail"]
+        # refused on the key's own primary before the script wrote anything: still exchangeable
+        jti_key = f"{stack.settings.redis_prefix}jti:{decode_unverified(token)['jti']}"
+        with redis.RedisCluster(host="127.0.0.1", port=cluster[0].port) as direct:
+            assert direct.get(jti_key) == b"issued"
+        assert NOT_SPENT in response.json()["detail"]
 
 
 def test_an_unreachable_cluster_is_503_not_500(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
