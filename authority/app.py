@@ -156,5 +156,5 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         logging_config=None,  # configured once per process by the entry point (logs.configure), not per app
         openapi_config=OpenAPIConfig(title="authority", version="0.1.0", path="/schema"),
     )
-    app.state.trust = Trust(settings, lambda: app.state.authority.keyring)
+    app.state.trust = Trust(settings, lambda: app.state.authority.keys)
     return app

@@ -18,7 +18,7 @@ import anyio.to_thread
 import jwt
 import msgspec
 
-from authority.keys import Keyring
+from authority.keys import KeyManager
 from authority.refusals import (
     CustomerSession,
     Forbidden,
@@ -112,9 +112,9 @@ class JwksSource:
 class Trust:
     """Verifies bearer tokens from the configured issuers and from ourselves."""
 
-    def __init__(self, settings: Settings, keyring: Callable[[], Keyring]) -> None:
+    def __init__(self, settings: Settings, keys: Callable[[], KeyManager]) -> None:
         self._settings = settings
-        self._keyring = keyring
+        self._keys = keys
         self._issuers = {i.issuer: (i, JwksSource(i, settings.jwks_fetch_timeout_s)) for i in settings.trusted_issuers}
         self._verified: OrderedDict[str, tuple[Caller, int]] = OrderedDict()
 
@@ -132,7 +132,7 @@ class Trust:
             header = read_header(token)
             issuer = _unverified_issuer(token)
             if issuer == self._settings.public_issuer:
-                caller = self._own_session(token, now)  # ours are only ever low-S: a high-S one is refused
+                caller = await self._own_session(token, now)  # ours are only ever low-S: a high-S one is refused
             else:
                 token = low_s_spelling(token, header["alg"])
                 remembered = self._verified.get(token)
@@ -147,12 +147,14 @@ class Trust:
             self._verified.popitem(last=False)
         return caller
 
-    def _own_session(self, token: str, now: int) -> Caller:
+    async def _own_session(self, token: str, now: int) -> Caller:
         """One of our own access tokens: always an impersonated session (it carries ``act``)."""
         s = self._settings
-        claims = verify_access(
-            token, self._keyring(), issuer=s.public_issuer, audience=s.session_audience, now=now,
-            leeway=s.clock_skew_s, max_life=s.session_max_ttl_s,
+        claims = await self._keys().verified(
+            lambda keyring: verify_access(
+                token, keyring, issuer=s.public_issuer, audience=s.session_audience, now=now,
+                leeway=s.clock_skew_s, max_life=s.session_max_ttl_s,
+            )
         )  # fmt: skip
         return Caller(claims.iss, claims.sub, None, claims.loc, None, impersonated=True, expires_at=claims.exp)
 

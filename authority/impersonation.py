@@ -152,14 +152,16 @@ class Authority:
         opened (the refresh-token reuse rule): whoever holds a leaked token cannot keep a session alive with it."""
         s = self.settings
         now = int(self.clock())
-        grant = verify_impersonation(
-            token,
-            self.keyring,
-            issuer=s.public_issuer,
-            audience=s.exchange_audience,
-            now=now,
-            leeway=s.clock_skew_s,
-            max_life=s.impersonation_ttl_s,
+        grant = await self.keys.verified(
+            lambda keyring: verify_impersonation(
+                token,
+                keyring,
+                issuer=s.public_issuer,
+                audience=s.exchange_audience,
+                now=now,
+                leeway=s.clock_skew_s,
+                max_life=s.impersonation_ttl_s,
+            )
         )
         signer = self._signer(now)
         sid = grant.jti  # one key per impersonation: the allowlist entry becomes the session record
@@ -217,14 +219,17 @@ class Authority:
         require_unimpersonated(caller)
         s = self.settings
         try:
-            claims = verify_access(
-                token,
-                self.keyring,
-                issuer=s.public_issuer,
-                audience=s.session_audience,
-                now=int(self.clock()),
-                leeway=s.clock_skew_s,
-                max_life=s.session_max_ttl_s,
+            now = int(self.clock())
+            claims = await self.keys.verified(
+                lambda keyring: verify_access(
+                    token,
+                    keyring,
+                    issuer=s.public_issuer,
+                    audience=s.session_audience,
+                    now=now,
+                    leeway=s.clock_skew_s,
+                    max_life=s.session_max_ttl_s,
+                )
             )
         except InvalidToken as exc:
             self.audit.emit("introspection", "inactive", actor=caller.subject, reason=exc.code)

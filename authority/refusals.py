@@ -83,6 +83,10 @@ class UnknownKey(InvalidToken):
     code = "unknown-key"
     title = "The token is signed by a key we do not know"
 
+    def __init__(self, detail: str, *, kid: str) -> None:
+        super().__init__(detail, audit={"kid": kid})
+        self.kid = kid  # a key another process may have just made: worth one re-read before refusing
+
 
 class BadSignature(InvalidToken):
     code = "bad-signature"

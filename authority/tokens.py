@@ -308,7 +308,7 @@ def _verify(
         raise WrongTokenType(f"typ must be {typ}")
     key = keyring.verifier(header["kid"], now, leeway)
     if key is None:
-        raise UnknownKey("no published key has this kid")
+        raise UnknownKey("no published key has this kid", kid=header["kid"])
     claims = decode_claims(verify_signature(token, key.public, key.alg, header), kind)
     if claims.iss != issuer:
         raise WrongIssuer("iss is not this authority")

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import anyio.to_thread
 
@@ -18,8 +18,10 @@ from authority.keys.lifecycle import KeyRecord, Plan, Schedule, chain, plan, rev
 from authority.keys.lock import RotationLock
 from authority.keys.notices import KeyNotices
 from authority.keys.sealing import KeyStoreError
+from authority.refusals import UnknownKey
 
 logger = logging.getLogger("authority.keys")
+T = TypeVar("T")
 REREAD_EVERY_S = 1.0  # unknown kids re-read the records at most this often
 LOCK_WAIT_S = 20  # how long a command waits for another replica's rotation round to let go of the lock
 
@@ -168,6 +170,17 @@ class KeyManager:
             self._next_reread = loop.time() + REREAD_EVERY_S
             await self.refresh()
             return any(k.kid == kid for k in self.keyring.keys)
+
+    async def verified(self, verify: Callable[[Keyring], T]) -> T:
+        """``verify`` (a token check against a keyring) against this process's keys; if it names a kid unknown
+        here, once more after re-reading the records (``reread_for``), so a token another process signed with a
+        key it has just made is not refused as unknown (a client reads that 401 as final)."""
+        try:
+            return verify(self.keyring)
+        except UnknownKey as exc:
+            if not await self.reread_for(exc.kid):
+                raise
+            return verify(self.keyring)
 
     async def _locked(self, make: Callable[[list[KeyRecord], int], Plan], reason: str, wait_s: float) -> Effect:
         """Apply ``make``'s plan under the lock, then announce it and wait up to ``wait_s`` for every listening
