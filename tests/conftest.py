@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -123,3 +124,9 @@ def wait_until_ready(url: str, process: subprocess.Popen[Any], seconds: float = 
             pass
         assert time.monotonic() < deadline, f"{url} did not answer 200 within {seconds} s"
         time.sleep(0.1)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Threads left at the end: a leak (one per app built, say) shows here long before it hangs anything."""
+    names = sorted(thread.name for thread in threading.enumerate())
+    terminalreporter.write_line(f"threads alive at the end: {len(names)} ({', '.join(names)})")
