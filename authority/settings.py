@@ -90,6 +90,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             raise ValueError(
                 "key_prepublish_s must be at least jwks_max_age_s: every cached JWKS must hold a key before it signs"
             )
+        if self.redis_min_replicas and self.redis_replica_timeout_ms >= self.redis_timeout_s * 1000:
+            raise ValueError(
+                "redis_replica_timeout_ms must be shorter than redis_timeout_s: a WAIT for replicas that lasts longer "
+                "reads as Redis not answering"
+            )
         if self.key_prepublish_s >= self.key_rotation_s:
             raise ValueError("key_prepublish_s must be shorter than key_rotation_s")
 

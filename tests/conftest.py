@@ -39,6 +39,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A server of this test's own, so stopping it disturbs no other test (no persistence: a restart loses data)."""
+    with EmbeddedRedis(tmp_path / "redis", persist=False) as server:
+        yield server
+
+
 @dataclass
 class Stack:
     """One configured service: its settings, its keys folder, and a way to get caller bearers."""

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -178,13 +177,6 @@ def test_the_json_line_carries_the_outage_fields(
         "recovered", "redis: ConnectionError", 1, 2, 2.5,
     )  # fmt: skip
     assert line["message"] == "redis: ConnectionError: recovered after 2 failures over 2.5 s"
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A server of this test's own, so stopping it disturbs no other test."""
-    with EmbeddedRedis(tmp_path / "redis", persist=False) as server:
-        yield server
 
 
 def test_a_redis_outage_logs_a_few_lines_not_one_per_request(

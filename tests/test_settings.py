@@ -182,3 +182,11 @@ def test_demo_needs_no_trusted_issuers_directory_or_passphrase(tmp_path: Path) -
 def test_malformed_redis_url_is_a_settings_error(tmp_path: Path, url: str) -> None:
     with pytest.raises(SettingsError, match="AUTHORITY_REDIS_URL"):
         create_app(production(tmp_path, redis_url=url))
+
+
+def test_waiting_for_replicas_must_end_before_the_redis_timeout() -> None:
+    """Else a WAIT that legitimately lasts reads as Redis not answering, and a confirmed exchange as a failure."""
+    with pytest.raises(SettingsError, match="redis_replica_timeout_ms must be shorter than redis_timeout_s"):
+        load({"AUTHORITY_REDIS_MIN_REPLICAS": "1", "AUTHORITY_REDIS_REPLICA_TIMEOUT_MS": "500"})
+    s = load({"AUTHORITY_REDIS_MIN_REPLICAS": "1", "AUTHORITY_REDIS_REPLICA_TIMEOUT_MS": "400"})
+    assert (s.redis_min_replicas, s.redis_replica_timeout_ms) == (1, 400)

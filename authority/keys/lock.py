@@ -20,28 +20,35 @@ class LockLost(RuntimeError):
     """The lock expired while we held it: another replica may be rotating; write nothing."""
 
 
+class Lease:
+    """One holding of the lock, by one round. Its own token, so two rounds of one process (the schedule and a
+    command, or two ticks) never confirm or release each other's holding."""
+
+    def __init__(self, redis: Redis, key: str, token: str) -> None:
+        self._redis = redis
+        self._key = key
+        self.token = token
+
+    async def confirm(self) -> None:
+        """Just before writing: raise ``LockLost`` unless the lock is still ours (it may have expired meanwhile)."""
+        if await self._redis.get(self._key) != self.token.encode():
+            raise LockLost("the rotation lock expired before the round could write")
+
+
 class RotationLock:
     def __init__(self, redis: Redis, prefix: str, ttl_ms: int = 60_000) -> None:
         self._redis = redis
         self._key = f"{prefix}keys:lock"
         self._ttl_ms = ttl_ms
         self._release = redis.register_script(_RELEASE)
-        self._token: str | None = None
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[bool]:
-        """Yields whether we got the lock; whoever did not simply skips this round."""
+    async def hold(self) -> AsyncIterator[Lease | None]:
+        """Yields the lease if we got the lock; whoever did not simply skips this round."""
         token = secrets.token_hex(16)
         acquired = bool(await self._redis.set(self._key, token, nx=True, px=self._ttl_ms))
-        self._token = token if acquired else None
         try:
-            yield acquired
+            yield Lease(self._redis, self._key, token) if acquired else None
         finally:
             if acquired:
-                self._token = None
                 await self._release(keys=[self._key], args=[token])
-
-    async def confirm(self) -> None:
-        """Just before writing: raise ``LockLost`` unless the lock is still ours (it may have expired meanwhile)."""
-        if self._token is None or await self._redis.get(self._key) != self._token.encode():
-            raise LockLost("the rotation lock expired before the round could write")

@@ -15,7 +15,7 @@ from authority.audit import AuditLog
 from authority.keys.jwk import PrivateKey, public_jwk
 from authority.keys.keyring import Keyring, LoadedKey, new_record, unseal_record
 from authority.keys.lifecycle import KeyRecord, Plan, Schedule, chain, plan, revoke, state
-from authority.keys.lock import RotationLock
+from authority.keys.lock import Lease, RotationLock
 from authority.keys.notices import KeyNotices
 from authority.keys.sealing import KeyStoreError
 from authority.refusals import UnknownKey
@@ -103,13 +103,15 @@ class KeyManager:
         await self._install(await self.store.load(), self._now())
         return self.keyring
 
-    async def _apply(self, step: Plan, records: list[KeyRecord], now: int, reason: str) -> list[KeyRecord]:
+    async def _apply(
+        self, step: Plan, records: list[KeyRecord], now: int, reason: str, lease: Lease
+    ) -> list[KeyRecord]:
         made = []
         for activates_at in step.new_keys:
             make = partial(new_record, self.alg, self._passphrase, now=now, activates_at=activates_at)
             made.append(await anyio.to_thread.run_sync(make))  # RSA generation takes up to a second
         created = chain(made, self.schedule)
-        await self.lock.confirm()
+        await lease.confirm()
         await self.store.save([*step.updates, *created])
         await self.store.delete(step.deletes)
         for record in created:
@@ -130,12 +132,12 @@ class KeyManager:
         now = self._now()
         records = await self.store.load()
         if not plan(records, now, self.schedule, alg=self.alg).empty:
-            async with self.lock.hold() as mine:
-                if mine:
+            async with self.lock.hold() as lease:
+                if lease is not None:
                     records = await self.store.load()  # re-read under the lock: another replica may have acted
                     step = plan(records, now, self.schedule, alg=self.alg)
                     if not step.empty:
-                        records = await self._apply(step, records, now, "schedule")
+                        records = await self._apply(step, records, now, "schedule", lease)
                         await self.notices.announce()
         await self._install(records, now)
         return self.keyring
@@ -188,11 +190,11 @@ class KeyManager:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOCK_WAIT_S
         while True:
-            async with self.lock.hold() as mine:
-                if mine:
+            async with self.lock.hold() as lease:
+                if lease is not None:
                     now = self._now()
                     records = await self.store.load()
-                    await self._install(await self._apply(make(records, now), records, now, reason), now)
+                    await self._install(await self._apply(make(records, now), records, now, reason, lease), now)
                     break
             if loop.time() > deadline:
                 raise TimeoutError("another replica holds the rotation lock")
