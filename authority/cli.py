@@ -22,11 +22,12 @@ import msgspec
 import uvicorn
 
 from authority import demo, logs, settings
-from authority.app import audit_log, create_app, key_manager
+from authority.app import create_app
 from authority.connection import REDIS_ERRORS, connect_redis
 from authority.embedded import EmbeddedRedis
 from authority.keys import KeyStoreError
 from authority.keys.lifecycle import state
+from authority.services import audit_stream, build
 
 REDIS_URL_FILE = "redis.url"
 APPLIED_WAIT_S = 5.0  # how long key commands wait for running processes to confirm they re-read the records
@@ -84,8 +85,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 async def _audit_tail(config: settings.Settings, lines: int, follow: bool) -> int:
     """Print the newest audit events, one JSON object a line; ``follow`` keeps printing new ones."""
-    redis = connect_redis(config)
-    stream = audit_log(config, redis).stream
+    redis, stream = connect_redis(config), audit_stream(config)
     try:
         entries = cast(_Entries, await redis.xrevrange(stream, count=lines))
         last = entries[0][0] if entries else b"$"
@@ -103,10 +103,9 @@ async def _audit_tail(config: settings.Settings, lines: int, follow: bool) -> in
 
 
 async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> int:
-    redis = connect_redis(config)
+    services = build(config)
+    keys = services.keys
     try:
-        audit = audit_log(config, redis)
-        keys = key_manager(config, redis, time.time, audit)
         effect = None
         if args.keys_command == "rotate":
             effect = await keys.rotate_now(wait_s=APPLIED_WAIT_S)
@@ -116,8 +115,7 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
             effect = await keys.retire(args.kid, wait_s=APPLIED_WAIT_S)
         records = await keys.store.load()
     finally:
-        await audit.close()
-        await redis.aclose()
+        await services.close()
     if effect is not None:
         print(f"in effect on {effect.confirmed} of {effect.listening} running service processes", file=sys.stderr)
     now = int(time.time())

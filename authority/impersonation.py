@@ -10,15 +10,16 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import msgspec
 
 from authority.audit import AuditLog
-from authority.callers import STAFF_ROLES, Caller, require_member, require_staff, require_unimpersonated
+from authority.authn import Caller
 from authority.directory import Directory
 from authority.keys import KeyManager, Keyring, LoadedKey
 from authority.limits import MintLimiter
+from authority.policy import may_revoke, require_member, require_staff, require_unimpersonated
 from authority.refusals import (
     CoworkerNotFound,
     InvalidToken,
@@ -41,7 +42,9 @@ from authority.tokens import (
 )
 
 
-class Session(msgspec.Struct, frozen=True):
+class SessionGrant(msgspec.Struct, frozen=True):
+    """The exchange's answer: an impersonated session's access token."""
+
     access_token: Annotated[
         str,
         msgspec.Meta(description="an at+jwt (RFC 9068) whose act claim names the impersonator", examples=["eyJ..."]),
@@ -51,6 +54,25 @@ class Session(msgspec.Struct, frozen=True):
         str, msgspec.Meta(description="for revocation; the sid claim", examples=["6XQDMFCnRYRSlb3gw9lUWw"])
     ]
     token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+
+
+class Introspection(msgspec.Struct, frozen=True, omit_defaults=True):
+    """RFC 7662 section 2.2: ``active``; for an active token also its claims (RFC 9068) and ``token_type``. An
+    inactive token gets ``active`` alone: nothing about a token we do not vouch for."""
+
+    active: bool
+    token_type: str | None = None
+    iss: str | None = None
+    aud: str | None = None
+    sub: str | None = None
+    client_id: str | None = None
+    jti: str | None = None
+    sid: str | None = None
+    iat: int | None = None
+    nbf: int | None = None
+    exp: int | None = None
+    loc: str | None = None
+    act: Actor | None = None
 
 
 class Revocation(msgspec.Struct, frozen=True):
@@ -127,14 +149,14 @@ class Authority:
             ttl=s.impersonation_ttl_s,
         )
         token = sign(claims, signer, IMPERSONATION_TYP)
-        # One round trip: count the attempt and put the jti on the allowlist. Over the limit, the token is never
-        # handed out and its allowlist entry simply expires.
-        async with self.allowlist.pipeline() as pipe:
-            self.limiter.count(pipe, caller.issuer, caller.subject, location)
-            self.allowlist.issue(pipe, claims.jti, s.impersonation_ttl_s + s.clock_skew_s)
-            *counts, created = await pipe.execute()
-        self.limiter.judge(counts)
-        self.allowlist.issued(created)
+        await self.allowlist.issue(
+            claims.jti,
+            s.impersonation_ttl_s + s.clock_skew_s,
+            limiter=self.limiter,
+            issuer=caller.issuer,
+            actor=caller.subject,
+            location=location,
+        )
         self.audit.emit(
             "mint",
             "issued",
@@ -147,7 +169,7 @@ class Authority:
         )
         return token
 
-    async def exchange(self, token: str) -> Session:
+    async def exchange(self, token: str) -> SessionGrant:
         """Verify, then consume the jti atomically. A replay is refused and revokes the session the first use
         opened (the refresh-token reuse rule): whoever holds a leaked token cannot keep a session alive with it."""
         s = self.settings
@@ -186,19 +208,18 @@ class Authority:
             ttl=s.session_ttl_s,
         )
         self.audit.emit("exchange", "session", sid=sid, kid=signer.kid, **who)
-        return Session(access_token=sign(claims, signer, ACCESS_TYP), expires_in=s.session_ttl_s, session_id=sid)
+        return SessionGrant(access_token=sign(claims, signer, ACCESS_TYP), expires_in=s.session_ttl_s, session_id=sid)
 
     async def revoke(self, caller: Caller, sid: str) -> Revocation:
         """Staff of the session's location, or the impersonator themself, may end a session early. Anyone else
         is told there is no such session, so revocation is no oracle either."""
         require_unimpersonated(caller)
         session = await self.allowlist.session(sid)
-        allowed = session is not None and (
-            (caller.role in STAFF_ROLES and caller.location == session.record.loc)
-            or (
-                (caller.issuer, caller.subject) == (session.record.act.iss, session.record.act.sub)
-                and caller.location == session.record.loc
-            )
+        allowed = session is not None and may_revoke(
+            caller,
+            location=session.record.loc,
+            actor_issuer=session.record.act.iss,
+            actor_subject=session.record.act.sub,
         )
         if session is None or not allowed:
             raise SessionNotFound(f"no session {sid} you may revoke", audit={"actor": caller.subject, "sid": sid})
@@ -214,7 +235,7 @@ class Authority:
         )
         return Revocation(session_id=sid)
 
-    async def introspect(self, caller: Caller, token: str) -> dict[str, Any]:
+    async def introspect(self, caller: Caller, token: str) -> Introspection:
         """RFC 7662: active only for a valid access token of ours whose session is on record and not revoked."""
         require_unimpersonated(caller)
         s = self.settings
@@ -233,7 +254,7 @@ class Authority:
             )
         except InvalidToken as exc:
             self.audit.emit("introspection", "inactive", actor=caller.subject, reason=exc.code)
-            return {"active": False}
+            return Introspection(active=False)
         session = await self.allowlist.session(claims.sid)
         active = session is not None and session.state == "active"
         self.audit.emit(
@@ -244,5 +265,5 @@ class Authority:
             reason=None if active else (session.state if session else "no-session"),
         )
         if not active:
-            return {"active": False}
-        return {"active": True, "token_type": "Bearer", **msgspec.to_builtins(claims)}
+            return Introspection(active=False)
+        return Introspection(active=True, token_type="Bearer", **msgspec.structs.asdict(claims))  # noqa: S106

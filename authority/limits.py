@@ -38,8 +38,9 @@ class MintLimiter:
         self._window_ms = window_s * 1000
 
     def count(self, pipe: Pipeline, issuer: str, actor: str, location: str) -> None:
-        """Queue the counting of one mint attempt on ``pipe`` (two replies; pass them to ``judge``), so the caller
-        can send it in the same round trip as its own commands."""
+        """Queue the counting of one mint attempt on ``pipe``, a pipeline of this limiter's Redis (two replies, in
+        order: pass them to ``judge``). ``check`` sends it alone; ``Allowlist.issue`` with its own write, in one
+        round trip."""
         # EVAL, not EVALSHA: a pipeline holding registered scripts first asks SCRIPT EXISTS, a second round trip.
         # The server caches the compiled script by its hash either way.
         pipe.eval(_HIT, 1, f"{self._prefix}actor:{_bucket(f'{issuer}|{actor}')}", self._window_ms)

@@ -1,17 +1,18 @@
 """Request guards: an id for every request (the audit trail's thread), and a cap on header size (route
-middleware: Litestar runs it for every request that matches a route, before anything of the request is parsed)."""
+middleware: Litestar runs it for every request that matches a route, before anything of the request is parsed;
+the refusal goes through the problem-details path like any other)."""
 
 from __future__ import annotations
 
 import re
 import secrets
 
-import msgspec
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from authority.audit import REQUEST_ID
+from authority.refusals import HeadersTooLarge
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
@@ -29,9 +30,7 @@ class RequestGuard(ASGIMiddleware):
         headers = scope["headers"]
         REQUEST_ID.set(request_id(scope))  # for the audit events of the handler itself
         if sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
-            scope["app"].state.audit.emit("refusal", "headers-too-large", status=431, path=scope["path"])
-            await _too_large(send, self.max_header_bytes)
-            return
+            raise HeadersTooLarge(f"request headers exceed {self.max_header_bytes} bytes")
         await next_app(scope, receive, send)
 
 
@@ -50,22 +49,3 @@ async def echo_request_id(message: Message, scope: Scope) -> None:
     """``before_send`` hook: every response, error responses included, carries its request id."""
     if message["type"] == "http.response.start":
         message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id(scope).encode())]
-
-
-async def _too_large(send: Send, limit: int) -> None:
-    body = msgspec.json.encode(
-        {
-            "type": "urn:authority:problem:headers-too-large",
-            "title": "Request headers too large",
-            "status": 431,
-            "detail": f"request headers exceed {limit} bytes",
-        }
-    )
-    start: HTTPResponseStartEvent = {
-        "type": "http.response.start",
-        "status": 431,
-        "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())],
-    }
-    await send(start)
-    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
-    await send(end)

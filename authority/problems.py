@@ -1,6 +1,8 @@
-"""RFC 9457 problem details for every refusal, framework error and failure; and the audit line for each.
+"""RFC 9457 problem details for every refusal, framework error and failure, through Litestar's
+``ProblemDetailsPlugin``; and the one hook that audits each (or logs it, when it is a fault of ours).
 
-Every non-2xx answer goes through here, so no client ever sees a stack trace and every refusal is audited once.
+Every exception becomes a ``Refusal`` of ``refusals`` first (``refusal_of``), so a code, its title and its status
+are written in one place; no client ever sees a stack trace.
 """
 
 from __future__ import annotations
@@ -8,125 +10,77 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.plugins.problem_details import ProblemDetailsException
-from litestar.types import ExceptionHandlersMap
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+from litestar.types import Scope
 from redis.exceptions import RedisClusterException, RedisError
 
 from authority.audit import AuditLog
 from authority.middleware import request_id
 from authority.outages import redis_cause
-from authority.refusals import Refusal
+from authority.refusals import BY_STATUS, Internal, InvalidRequest, Refusal, Unavailable
 
 PROBLEM_BASE = "urn:authority:problem:"
-_HTTP_CODES = {
-    400: "invalid-request",
-    404: "not-found",
-    405: "method-not-allowed",
-    413: "body-too-large",
-    415: "unsupported-media-type",
-}
 logger = logging.getLogger("authority")
+_STORE_DOWN = (
+    "the token store did not answer; no token or session was handed out. An exchange may still have spent its "
+    "token: mint a new one rather than retrying it"
+)
 
 
-def _respond(
-    request: Request[Any, Any, Any], problem: ProblemDetailsException, code: str, **context: str | None
-) -> Response[Any]:
-    audit: AuditLog = request.app.state.audit
-    audit.emit(
-        "refusal",
-        code,
-        status=problem.status_code,
-        method=request.method,
-        path=request.url.path,
-        reason=problem.detail,
-        request_id=request_id(request.scope),
-        **context,
+def refusal_of(exc: Exception) -> Refusal:
+    """What ``exc`` means to a client, in the one registry of refusals."""
+    if isinstance(exc, Refusal):
+        return exc
+    if isinstance(exc, RedisError | RedisClusterException):  # Redis unreachable or failing: fail closed
+        return Unavailable(_STORE_DOWN)
+    if isinstance(exc, ValidationException):
+        return InvalidRequest(exc.detail)
+    if isinstance(exc, UnicodeDecodeError):  # what the body parser raises for bytes that are not UTF-8
+        return InvalidRequest("the body is not UTF-8 JSON")
+    if isinstance(exc, RecursionError):  # JSON nested past the decoder's depth
+        return InvalidRequest("the body is nested too deeply")
+    if isinstance(exc, HTTPException) and exc.status_code in BY_STATUS:
+        return BY_STATUS[exc.status_code](exc.detail)
+    return Internal("internal error")
+
+
+def problem(exc: Exception) -> ProblemDetailsException:
+    refusal = refusal_of(exc)
+    extra = exc.extra if isinstance(exc, ValidationException) and exc.extra else None
+    return ProblemDetailsException(
+        detail=refusal.detail,
+        status_code=refusal.status,
+        headers=refusal.headers or None,
+        type_=PROBLEM_BASE + refusal.code,
+        title=refusal.title,
+        extra={"errors": extra} if extra else None,
     )
-    return problem.to_response(request)
 
 
-def on_refusal(request: Request[Any, Any, Any], exc: Refusal) -> Response[Any]:
-    problem = ProblemDetailsException(
-        detail=exc.detail,
-        status_code=exc.status,
-        headers=exc.headers or None,
-        type_=PROBLEM_BASE + exc.code,
-        title=exc.title,
-    )
-    return _respond(request, problem, exc.code, **exc.audit)
+PLUGIN = ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map={Exception: problem}))
 
 
-def on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    problem = ProblemDetailsException(
-        detail=exc.detail,
-        status_code=400,
-        type_=PROBLEM_BASE + "invalid-request",
-        title="The request is malformed",
-        extra={"errors": exc.extra} if exc.extra else None,
-    )
-    return _respond(request, problem, "invalid-request")
+def auditor(audit: AuditLog) -> Any:
+    """The ``after_exception`` hook: every refusal audited once, with its request; a fault of ours logged with its
+    stack; a Redis failure counted into the outage log rather than logged per request."""
 
+    async def record(exc: Exception, scope: Scope) -> None:
+        refusal = refusal_of(exc)
+        if isinstance(refusal, Internal):
+            logger.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            return
+        if isinstance(exc, RedisError | RedisClusterException):
+            audit.outages.failed(redis_cause("redis", exc))
+        audit.emit(
+            "refusal",
+            refusal.code,
+            status=refusal.status,
+            method=str(scope.get("method", "")),
+            path=scope["path"],
+            reason=refusal.detail,
+            request_id=request_id(scope),
+            **refusal.audit,
+        )
 
-def on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    code = _HTTP_CODES.get(exc.status_code, f"http-{exc.status_code}")
-    problem = ProblemDetailsException(
-        detail=exc.detail,
-        status_code=exc.status_code,
-        headers=exc.headers,
-        type_=PROBLEM_BASE + code,
-        title=exc.detail,
-    )
-    return _respond(request, problem, code)
-
-
-def on_redis(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Redis unreachable or failing: fail closed with 503, whatever the request was.
-
-    Logged as an outage (when it starts, a summary per interval, when it ends), not per request: a Redis outage
-    fails every request. The start line carries this request's id, which leads to its audit event."""
-    audit: AuditLog = request.app.state.audit
-    audit.outages.failed(redis_cause("redis", exc))
-    problem = ProblemDetailsException(
-        detail=(
-            "the token store did not answer; no token or session was handed out. An exchange may still have "
-            "spent its token: mint a new one rather than retrying it"
-        ),
-        status_code=503,
-        headers={"Retry-After": "1"},
-        type_=PROBLEM_BASE + "unavailable",
-        title="Service unavailable",
-    )
-    return _respond(request, problem, "unavailable")
-
-
-def on_undecodable(request: Request[Any, Any, Any], exc: UnicodeDecodeError | RecursionError) -> Response[Any]:
-    """What the body parser raises for bytes that are not UTF-8, or JSON nested past the decoder's depth."""
-    problem = ProblemDetailsException(
-        detail="the body is not UTF-8 JSON" if isinstance(exc, UnicodeDecodeError) else "the body is nested too deeply",
-        status_code=400,
-        type_=PROBLEM_BASE + "invalid-request",
-        title="The request is malformed",
-    )
-    return _respond(request, problem, "invalid-request")
-
-
-def on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    problem = ProblemDetailsException(
-        detail="internal error", status_code=500, type_=PROBLEM_BASE + "internal", title="Internal error"
-    )
-    return problem.to_response(request)
-
-
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    Refusal: on_refusal,
-    ValidationException: on_validation,
-    HTTPException: on_http,
-    RedisError: on_redis,
-    RedisClusterException: on_redis,
-    UnicodeDecodeError: on_undecodable,
-    RecursionError: on_undecodable,
-    Exception: on_crash,
-}
+    return record

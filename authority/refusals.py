@@ -1,7 +1,8 @@
-"""Every way the authority says no, one class each, with a stable code.
+"""Every way the authority says no, one class each, with a stable code and title: the one registry of them.
 
 Clients and the audit log tell refusals apart by ``code`` (the problem-details ``type`` is built from it), so a
-replayed token never looks like an expired one. This module is pure: HTTP mapping lives in ``problems``.
+replayed token never looks like an expired one. Framework errors (an unknown path, a wrong method, a body too
+large) are refusals too, by status (``BY_STATUS``). This module is pure: the HTTP mapping lives in ``problems``.
 """
 
 from __future__ import annotations
@@ -142,3 +143,47 @@ class Unavailable(Refusal):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": "1"})
+
+
+class NotFound(Refusal):
+    status = 404
+    code = "not-found"
+    title = "No such resource"
+
+
+class MethodNotAllowed(Refusal):
+    status = 405
+    code = "method-not-allowed"
+    title = "The method is not allowed on this resource"
+
+
+class BodyTooLarge(Refusal):
+    status = 413
+    code = "body-too-large"
+    title = "The request body is too large"
+
+
+class HeadersTooLarge(Refusal):
+    status = 431
+    code = "headers-too-large"
+    title = "Request headers too large"
+
+
+class Internal(Refusal):
+    """Not a refusal: a fault of ours. The client learns nothing more; the log has the stack."""
+
+    status = 500
+    code = "internal"
+    title = "Internal error"
+
+
+# What the framework's own errors (by status) are, in the terms above.
+BY_STATUS: dict[int, type[Refusal]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: BodyTooLarge,
+    415: UnsupportedMediaType,
+    431: HeadersTooLarge,
+    503: Unavailable,
+}

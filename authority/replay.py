@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from authority.limits import MintLimiter
 from authority.refusals import Unavailable
 from authority.tokens import Actor
 
@@ -120,7 +120,7 @@ class Consumption:
 
 
 @dataclass(frozen=True)
-class Session:
+class StoredSession:
     state: Literal["active", "revoked"]
     record: SessionRecord
 
@@ -169,18 +169,21 @@ class Allowlist:
     def _unconfirmed(self, acknowledged: int, what: str) -> Unavailable:
         return Unavailable(f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; {what}")
 
-    def pipeline(self) -> Pipeline:
-        """A non-transactional pipeline: several independent commands, one round trip."""
-        return self._redis.pipeline(transaction=False)
+    async def issue(self, jti: str, ttl: int, *, limiter: MintLimiter, issuer: str, actor: str, location: str) -> None:
+        """Record ``jti`` as issued for ``ttl`` seconds, counting the mint attempt of ``actor`` (from ``issuer``) at
+        ``location`` against ``limiter`` in the same round trip; raise ``RateLimited`` (429) if the attempt is over
+        a limit, ``Unavailable`` (503) on a jti collision. ``limiter`` counts in this allowlist's Redis.
 
-    def issue(self, pipe: Pipeline, jti: str, ttl: int) -> None:
-        """Queue recording ``jti`` as issued; ``NX`` so a (vanishingly unlikely) duplicate jti never resets a used
-        one. Pass the reply to ``issued``."""
-        pipe.set(self._prefix + jti, "issued", ex=ttl, nx=True)
-
-    @staticmethod
-    def issued(reply: Any) -> None:
-        if not reply:
+        One non-transactional pipeline: each command touches one key, so on Cluster the client splits it by slot
+        and no command spans two. Over the limit, the entry is written all the same, the token is never handed
+        out, and the entry simply expires. ``NX``: a (vanishingly unlikely) duplicate jti never resets a used one.
+        """
+        async with self._redis.pipeline(transaction=False) as pipe:
+            limiter.count(pipe, issuer, actor, location)
+            pipe.set(self._prefix + jti, "issued", ex=ttl, nx=True)
+            *counts, created = await pipe.execute()
+        limiter.judge(counts)
+        if not created:
             raise Unavailable("jti collision: refusing to issue the same token id twice; try again")
 
     async def consume(self, jti: str, record: SessionRecord, ttl: int) -> Consumption:
@@ -213,7 +216,7 @@ class Allowlist:
             raise self._unconfirmed(acknowledged, "nothing was handed out")
         return Consumption(outcome, revoked_now=outcome is Outcome.REPLAYED and int(reply[1]) == 1)
 
-    async def session(self, sid: str) -> Session | None:
+    async def session(self, sid: str) -> StoredSession | None:
         """The session opened by the exchange of token ``sid``; None if unknown, expired, lost or not exchanged."""
         value = await self._redis.get(self._prefix + sid)
         if value is None:
@@ -221,7 +224,9 @@ class Allowlist:
         state, _, body = (value if isinstance(value, bytes) else value.encode()).partition(b":")
         if state not in (b"active", b"revoked"):
             return None
-        return Session("active" if state == b"active" else "revoked", msgspec.json.decode(body, type=SessionRecord))
+        return StoredSession(
+            "active" if state == b"active" else "revoked", msgspec.json.decode(body, type=SessionRecord)
+        )
 
     async def revoke(self, sid: str) -> bool:
         """Revoke session ``sid``; False if there is no such session. Revoking twice is not an error."""

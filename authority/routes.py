@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader, State
-from litestar.di import NamedDependency, Provide
-from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import JSONBody, PathParameter, QueryParameter, URLEncodedBody
+from litestar.params import JSONBody, PathParameter, QueryParameter, SkipValidation, URLEncodedBody
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
 from litestar.types import ControllerRouterHandler
 
-from authority.callers import ID, Caller, Trust
-from authority.impersonation import Authority, Revocation, Session
+from authority import policy
+from authority.authn import ID, Caller
+from authority.impersonation import Authority, Introspection, Revocation, SessionGrant
+from authority.keys import Keyring
 from authority.problems import PROBLEM_BASE
 from authority.refusals import (
     BadSignature,
+    BodyTooLarge,
     CoworkerNotFound,
     CustomerSession,
     Forbidden,
+    HeadersTooLarge,
     InvalidRequest,
     InvalidToken,
+    MethodNotAllowed,
     NestedImpersonation,
     RateLimited,
     Refusal,
@@ -43,6 +47,7 @@ from authority.refusals import (
     WrongIssuer,
     WrongTokenType,
 )
+from authority.settings import Settings
 from authority.tokens import MAX_TOKEN_LENGTH, check_unique_names
 
 NO_STORE = CacheControlHeader(no_store=True)
@@ -51,7 +56,15 @@ ID_PATTERN = f"^{ID.pattern}$"  # for the OpenAPI document; ``parse_id`` enforce
 _ID_DOC = "the customer to impersonate (a positive integer)"
 SID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
 SID = re.compile(r"[A-Za-z0-9_-]{16,64}")
-AuthorityDep = NamedDependency[Authority]
+# Services injected from the composition root (app.create_app), named, never parsed from the request.
+AuthorityDep = NamedDependency[SkipValidation[Authority]]
+KeyringDep = NamedDependency[SkipValidation[Keyring]]
+SettingsDep = NamedDependency[SkipValidation[Settings]]
+ReadyDep = NamedDependency[SkipValidation[Callable[[], Awaitable[None]]]]
+BEARER: list[dict[str, list[str]]] = [
+    {"bearer": []}
+]  # the OpenAPI security requirement of every route that needs a caller
+PUBLIC = {"exclude_from_auth": True}  # routes anyone may call: no bearer is read
 
 
 def parse_id(value: str) -> int:
@@ -73,7 +86,8 @@ class Problem(msgspec.Struct, frozen=True):
 def problems(*refusals: type[Refusal]) -> dict[int, ResponseSpec]:
     """OpenAPI entries for the refusals a route can answer with, one example per refusal code."""
     by_status: dict[int, list[type[Refusal]]] = {}
-    for refusal in refusals:
+    answers: tuple[type[Refusal], ...] = (*refusals, HeadersTooLarge, MethodNotAllowed)  # any route can give these
+    for refusal in answers:
         by_status.setdefault(refusal.status, []).append(refusal)
     return {
         status: ResponseSpec(
@@ -116,6 +130,7 @@ _EXCHANGE_PROBLEMS = problems(
     TokenReplayed,
     TokenNotIssued,
     UnsupportedMediaType,
+    BodyTooLarge,
     Unavailable,
 )
 _SESSION_PROBLEMS = problems(InvalidRequest, Unauthenticated, NestedImpersonation, SessionNotFound, Unavailable)
@@ -143,30 +158,54 @@ class Status(msgspec.Struct, frozen=True):
     status: str
 
 
-class BearerAuth(AbstractAuthenticationMiddleware):
-    """Verifies the caller's bearer before any parameter is read: an unauthenticated caller learns nothing."""
+class Discovery(msgspec.Struct, frozen=True):
+    """Issuer metadata (an OpenID discovery subset); every URL built from the route table."""
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
-        state = connection.app.state
-        trust: Trust = state.trust
-        authority: Authority = state.authority
-        caller = await trust.authenticate(connection.headers.get("authorization"), int(authority.clock()))
-        return AuthenticationResult(user=caller, auth=None)
+    issuer: str
+    jwks_uri: str
+    impersonation_endpoint: str
+    team_impersonation_endpoint: str
+    exchange_endpoint: str
+    introspection_endpoint: str
+    revocation_endpoint_template: str
+    token_signing_alg_values_supported: list[str]
+    access_token_audience: str
 
 
-def provide_authority(state: State) -> Authority:
-    authority: Authority = state.authority
-    return authority
+class Jwk(msgspec.Struct, frozen=True):
+    """A published public key (RFC 7517): key members by type (``x``/``y``/``crv``, ``n``/``e``), ``kid`` its
+    RFC 7638 thumbprint."""
+
+    kty: str
+    kid: str
+    alg: str
+    use: str
+    crv: str | None = None
+    x: str | None = None
+    y: str | None = None
+    n: str | None = None
+    e: str | None = None
+
+
+class JwkSet(msgspec.Struct, frozen=True):
+    keys: list[Jwk]
 
 
 class MintController(Controller):
-    """The two mint endpoints of the seed; both answer ``{"token": ...}`` and are never cached."""
+    """The two mint endpoints of the seed; both answer ``{"token": ...}`` and are never cached. The guards are the
+    role gates; which coworker a caller may reach is the directory's, asked by the service."""
 
-    middleware = [DefineMiddleware(BearerAuth)]
     cache_control = NO_STORE
     tags = ["impersonation"]
+    security = BEARER
 
-    @get("/api/sys/users/impersonate", summary="Impersonation token for an admin or operator", responses=_MINT_PROBLEMS)
+    @get(
+        "/api/sys/users/impersonate",
+        name="impersonate",
+        guards=[policy.staff],
+        summary="Impersonation token for an admin or operator",
+        responses=_MINT_PROBLEMS,
+    )
     async def staff(
         self,
         request: Request[Caller, None, State],
@@ -178,7 +217,9 @@ class MintController(Controller):
         return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworker_id)))
 
     @get(
-        "/api/public/coworkers/{coworker_id:str}/impersonate",
+        "/api/public/coworkers/{coworkerId:str}/impersonate",
+        name="team-impersonate",
+        guards=[policy.member],
         summary="Impersonation token for a team admin",
         responses=_MINT_PROBLEMS,
     )
@@ -186,20 +227,23 @@ class MintController(Controller):
         self,
         request: Request[Caller, None, State],
         authority: AuthorityDep,
-        coworker_id: Annotated[str, PathParameter(pattern=ID_PATTERN, description=_ID_DOC)],
+        coworkerId: Annotated[str, PathParameter(pattern=ID_PATTERN, description=_ID_DOC)],  # as the seed names it
     ) -> MintResponse:
-        return MintResponse(await authority.mint_for_team_admin(request.user, parse_id(coworker_id)))
+        return MintResponse(await authority.mint_for_team_admin(request.user, parse_id(coworkerId)))
 
 
 class SessionController(Controller):
-    """Online checks for services that need them: revoke a session, introspect an access token."""
+    """Online checks for services that need them: revoke a session, introspect an access token. Never from an
+    impersonated session."""
 
-    middleware = [DefineMiddleware(BearerAuth)]
     cache_control = NO_STORE
     tags = ["sessions"]
+    security = BEARER
+    guards = [policy.unimpersonated]
 
     @post(
         "/api/sys/sessions/{sid:str}/revoke",
+        name="revoke",
         status_code=HTTP_200_OK,
         summary="Revoke an impersonated session",
         responses=_SESSION_PROBLEMS,
@@ -216,27 +260,30 @@ class SessionController(Controller):
 
     @post(
         "/oauth2/introspect",
+        name="introspect",
         status_code=HTTP_200_OK,
         summary="RFC 7662 token introspection",
         responses=problems(InvalidRequest, Unauthenticated, NestedImpersonation, Unavailable),
     )
     async def introspect(
         self, request: Request[Caller, None, State], authority: AuthorityDep, data: URLEncodedBody[IntrospectionRequest]
-    ) -> dict[str, Any]:
+    ) -> Introspection:
         return await authority.introspect(request.user, data.token)
 
 
 @post(
     "/api/sys/users/exchange",
+    name="exchange",
     status_code=HTTP_200_OK,
     cache_control=NO_STORE,
     tags=["impersonation"],
     summary="Exchange an impersonation token, once, for a bearer session",
     responses=_EXCHANGE_PROBLEMS,
+    opt=PUBLIC,  # the impersonation token in the body is the credential
 )
 async def exchange(
     request: Request[Any, Any, State], data: JSONBody[ExchangeRequest], authority: AuthorityDep
-) -> Session:
+) -> SessionGrant:
     if request.content_type[0] != "application/json":
         raise UnsupportedMediaType("send the token as application/json")
     try:  # msgspec read the body keeping the last of repeated names; a request means one thing or is refused
@@ -246,55 +293,55 @@ async def exchange(
     return await authority.exchange(data.token)
 
 
-@get("/.well-known/jwks.json", tags=["discovery"], summary="Published public keys")
-async def jwks(request: Request[Any, Any, State], authority: AuthorityDep) -> Response[bytes]:
-    keyring = authority.keyring
-    headers = {
-        "ETag": keyring.etag,
-        "Cache-Control": f"public, max-age={authority.settings.jwks_max_age_s}",
-    }
+@get(
+    "/.well-known/jwks.json",
+    name="jwks",
+    tags=["discovery"],
+    summary="Published public keys",
+    opt=PUBLIC,
+    responses={200: ResponseSpec(data_container=JwkSet, description="the signer, the standby, retiring keys")},
+)
+async def jwks(request: Request[Any, Any, State], keyring: KeyringDep, settings: SettingsDep) -> Response[bytes]:
+    headers = {"ETag": keyring.etag, "Cache-Control": f"public, max-age={settings.jwks_max_age_s}"}
     if request.headers.get("if-none-match") == keyring.etag:
         return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
     return Response(keyring.jwks, media_type="application/json", headers=headers)
 
 
-@get("/.well-known/openid-configuration", tags=["discovery"], summary="Issuer metadata")
-async def discovery(authority: AuthorityDep) -> dict[str, Any]:
-    s = authority.settings
-    base = s.public_issuer
-    return {
-        "issuer": base,
-        "jwks_uri": f"{base}/.well-known/jwks.json",
-        "impersonation_endpoint": f"{base}/api/sys/users/impersonate",
-        "team_impersonation_endpoint": f"{base}/api/public/coworkers/{{coworkerId}}/impersonate",
-        "exchange_endpoint": s.exchange_audience,
-        "introspection_endpoint": f"{base}/oauth2/introspect",
-        "revocation_endpoint_template": f"{base}/api/sys/sessions/{{sid}}/revoke",
-        "token_signing_alg_values_supported": sorted({k.alg for k in authority.keyring.keys}),
-        "access_token_audience": s.session_audience,
-    }
+@get("/.well-known/openid-configuration", name="discovery", tags=["discovery"], summary="Issuer metadata", opt=PUBLIC)
+async def discovery(request: Request[Any, Any, State], keyring: KeyringDep, settings: SettingsDep) -> Discovery:
+    def url(name: str, **params: str) -> str:
+        return settings.public_issuer + request.app.route_reverse(name, **params)
+
+    return Discovery(
+        issuer=settings.public_issuer,
+        jwks_uri=url("jwks"),
+        impersonation_endpoint=url("impersonate"),
+        team_impersonation_endpoint=url("team-impersonate", coworkerId="{coworkerId}"),
+        exchange_endpoint=url("exchange"),
+        introspection_endpoint=url("introspect"),
+        revocation_endpoint_template=url("revoke", sid="{sid}"),
+        token_signing_alg_values_supported=sorted({k.alg for k in keyring.keys}),
+        access_token_audience=settings.session_audience,
+    )
 
 
-@get("/healthz", tags=["probes"], summary="Liveness")
+@get("/healthz", name="healthz", tags=["probes"], summary="Liveness", opt=PUBLIC)
 async def healthz() -> Status:
     return Status("ok")
 
 
 @get(
     "/readyz",
+    name="readyz",
     tags=["probes"],
     summary="Readiness: Redis answers and a signing key is loaded",
     responses=problems(Unavailable),
+    opt=PUBLIC,
 )
-async def readyz(authority: AuthorityDep) -> Status:
-    now = int(authority.clock())
-    if authority.keyring.signer_at(now) is None:
-        raise Unavailable("no active signing key")
-    if not authority.keys.fresh(now):
-        raise Unavailable("key records have not been re-read lately (see the logs)")
-    await authority.allowlist.ping()
+async def readyz(ready: ReadyDep) -> Status:
+    await ready()
     return Status("ready")
 
 
 ROUTES: list[ControllerRouterHandler] = [MintController, SessionController, exchange, jwks, discovery, healthz, readyz]
-DEPENDENCIES = {"authority": Provide(provide_authority, sync_to_thread=False)}

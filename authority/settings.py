@@ -7,7 +7,6 @@ variable, rather than surfacing as a surprise on the first request.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -118,13 +117,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         return Path(self.keys_dir)
 
 
-_FIELD_PATH = re.compile(r"at `\$\.(\w+)")
-_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(\w+)`$")
 _JSON_FIELDS = {"trusted_issuers"}
+_FIELDS = {field.name: field.type for field in msgspec.structs.fields(Settings)}
 
 
 def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:
-    """Build Settings from ``AUTHORITY_*`` variables; ``overrides`` (from CLI flags) win over the environment."""
+    """Build Settings from ``AUTHORITY_*`` variables; ``overrides`` (from CLI flags) win over the environment. Each
+    value is converted on its own, so an error names its variable without reading the converter's message."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
     for name, value in env.items():
@@ -133,6 +132,8 @@ def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Se
         field = name.removeprefix(PREFIX).lower()
         if field == "demo":
             raise SettingsError("demo mode is chosen with the --demo flag only, never by the environment")
+        if field not in _FIELDS:
+            raise SettingsError(f"unknown variable {name}")
         if field in _JSON_FIELDS:
             try:
                 raw[field] = msgspec.json.decode(value)
@@ -141,12 +142,12 @@ def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Se
         else:
             raw[field] = value
     raw.update(overrides)
-    try:
+    for key, given in raw.items():
+        try:
+            msgspec.convert(given, _FIELDS[key], strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"{PREFIX}{key.upper()}: {exc}") from None
+    try:  # every value fits its field: what is left is a rule across fields, whose message names them
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        unknown = _UNKNOWN_FIELD.match(text)
-        if unknown:
-            raise SettingsError(f"unknown variable {PREFIX}{unknown.group(1).upper()}") from None
-        where = _FIELD_PATH.search(text)
-        raise SettingsError(f"{PREFIX}{where.group(1).upper()}: {text}" if where else text) from None
+        raise SettingsError(str(exc)) from None

@@ -7,8 +7,8 @@ authority runs with production settings (encrypted keys, a trusted issuer with a
 on), started as ``authority.asgi:app`` exactly as the container starts it. Prints a table and writes
 ``bench/results/results.json`` and ``bench/results/chart.png``.
 
-    python bench/run.py                  # the full run (about 15 minutes with the 10-minute soak)
-    python bench/run.py --soak 30        # a shorter soak
+    python -m bench.run                  # the full run (about 15 minutes with the 10-minute soak)
+    python -m bench.run --soak 30        # a shorter soak
 """
 
 from __future__ import annotations
@@ -31,21 +31,14 @@ import httpx
 import msgspec
 import psutil
 
+from authority import demo
+from authority.authn import Caller
+from authority.directory import DEMO_DIRECTORY
+from authority.embedded import EmbeddedRedis, free_port
+from authority.services import build
+from authority.settings import load
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from authority import demo  # noqa: E402
-from authority.app import key_manager  # noqa: E402
-from authority.audit import AuditLog  # noqa: E402
-from authority.callers import Caller  # noqa: E402
-from authority.connection import connect_redis  # noqa: E402
-from authority.directory import DEMO_DIRECTORY, FileDirectory  # noqa: E402
-from authority.embedded import EmbeddedRedis, free_port  # noqa: E402
-from authority.impersonation import Authority  # noqa: E402
-from authority.limits import MintLimiter  # noqa: E402
-from authority.replay import Allowlist  # noqa: E402
-from authority.settings import load  # noqa: E402
-
 LUA = ROOT / "bench" / "lua"
 RESULTS = ROOT / "bench" / "results"
 PEER = ROOT / "bench" / "peer"
@@ -123,25 +116,14 @@ def server(kind: str, app: str, port: int, *, workers: int, env: dict[str, str],
 async def premint(env: dict[str, str], count: int) -> list[str]:
     """Fresh tokens minted by the authority's own service code (sign + allowlist write), as the mint endpoint
     would, so the exchange run spends one never-used token per request."""
-    settings = load(env)
-    redis = connect_redis(settings)
-    audit = AuditLog(None, "", 100)
-    keys = key_manager(settings, redis, time.time, audit)
-    await keys.refresh()
-    limiter = MintLimiter(redis, settings.redis_prefix, per_actor=10**9, per_location=10**9, window_s=60)
-    authority = Authority(
-        settings,
-        keys=keys,
-        allowlist=Allowlist(redis, settings.redis_prefix),
-        limiter=limiter,
-        directory=FileDirectory(DEMO_DIRECTORY),
-        audit=audit,
-    )
+    settings = msgspec.structs.replace(load(env), mint_rate_per_actor=10**9, mint_rate_per_location=10**9)
+    services = build(settings, log=None)
+    await services.keys.refresh()
     caller = Caller(demo.DEMO_ISSUER, "7", "operator", "1", None, impersonated=False, expires_at=2**31)
     tokens: list[str] = []
     while len(tokens) < count:
-        tokens += await asyncio.gather(*(authority.mint_for_staff(caller, 42) for _ in range(min(64, count))))
-    await redis.aclose()
+        tokens += await asyncio.gather(*(services.authority.mint_for_staff(caller, 42) for _ in range(min(64, count))))
+    await services.close()
     return tokens[:count]
 
 

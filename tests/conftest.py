@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis-compatible server started by the suite, real keys, the real ASGI app.
+"""Shared fixtures: a real Redis-compatible server started by the suite, real keys, the real ASGI app. Helpers that
+are not fixtures are in ``helpers.py``.
 
 ``AUTHORITY_TEST_REDIS_URL`` points the suite at another server instead; every test writes under its own key
 prefix, so tests never see each other's data and never flush a server they do not own.
@@ -7,26 +8,20 @@ prefix, so tests never see each other's data and never flush a server they do no
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
 from litestar.testing import TestClient
 
 from authority import demo
-from authority.app import create_app
 from authority.embedded import EmbeddedRedis
 from authority.settings import Settings
-
-PASSPHRASE = "correct horse battery staple"
+from tests.helpers import PASSPHRASE, Stack
 
 
 @pytest.fixture(scope="session")
@@ -44,45 +39,6 @@ def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     """A server of this test's own, so stopping it disturbs no other test (no persistence: a restart loses data)."""
     with EmbeddedRedis(tmp_path / "redis", persist=False) as server:
         yield server
-
-
-@dataclass
-class Stack:
-    """One configured service: its settings, its keys folder, and a way to get caller bearers."""
-
-    settings: Settings
-    keys_dir: Path
-
-    def bearer(
-        self, role: str, sub: str, location: str = "1", claims: dict[str, Any] | None = None, ttl: int = 3600
-    ) -> dict[str, str]:
-        """A demo-issuer bearer; ``claims`` override or add claims (re-signed with the same key)."""
-        token = demo.dev_token(self.keys_dir, role=role, sub=sub, location=location, ttl=ttl)
-        if claims:
-            token = sign_caller(self.keys_dir, {**decode_unverified(token), **claims})
-        return {"Authorization": f"Bearer {token}"}
-
-    def client(self, **overrides: Any) -> TestClient[Any]:
-        settings = msgspec.structs.replace(self.settings, **overrides) if overrides else self.settings
-        return TestClient(create_app(settings))
-
-
-def decode_unverified(token: str) -> dict[str, Any]:
-    import jwt  # noqa: PLC0415
-
-    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return claims
-
-
-def sign_caller(keys_dir: Path, claims: dict[str, Any], **headers: Any) -> str:
-    """A caller token from the (test-trusted) demo issuer with whatever claims a test needs."""
-    import jwt  # noqa: PLC0415
-
-    from authority.keys.jwk import public_jwk  # noqa: PLC0415
-
-    key = demo.demo_key(keys_dir)
-    kid = public_jwk(key.public_key(), "EdDSA")["kid"]
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid, **headers})
 
 
 @pytest.fixture
@@ -115,22 +71,6 @@ def stack(make_stack: Callable[..., Stack]) -> Stack:
 def client(stack: Stack) -> Iterator[TestClient[Any]]:
     with stack.client() as test_client:
         yield test_client
-
-
-def wait_until_ready(url: str, process: subprocess.Popen[Any], seconds: float = 60) -> None:
-    """Poll ``url`` until it answers 200; fail with the process's stderr if it dies first."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if process.poll() is not None:
-            output = process.stderr.read() if process.stderr else ""
-            raise AssertionError(f"the server exited with {process.returncode}: {output!r}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{url} did not answer 200 within {seconds} s"
-        time.sleep(0.1)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -8,38 +8,24 @@ import jwt
 import pytest
 from litestar.testing import TestClient
 
-from tests.conftest import Stack
-
-STAFF = "/api/sys/users/impersonate"
-EXCHANGE = "/api/sys/users/exchange"
-
-
-def team(coworker: int | str) -> str:
-    return f"/api/public/coworkers/{coworker}/impersonate"
-
-
-def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["type"] == f"urn:authority:problem:{code}"
-    assert body["title"]
-    assert "detail" in body
-    assert "Traceback" not in response.text
-    return body
-
-
-def mint(client: TestClient[Any], stack: Stack, coworker: int = 42, role: str = "operator") -> str:
-    response = client.get(STAFF, params={"coworkerId": coworker}, headers=stack.bearer(role, "7"))
-    assert response.status_code == 200, response.text
-    token: str = response.json()["token"]
-    return token
+from tests.helpers import (
+    DISCOVERY,
+    EXCHANGE,
+    HEALTHZ,
+    JWKS,
+    READYZ,
+    SCHEMA,
+    STAFF,
+    Stack,
+    assert_problem,
+    mint,
+    team,
+)
 
 
 def public_key_of(client: TestClient[Any], token: str) -> Any:
     kid = jwt.get_unverified_header(token)["kid"]
-    jwks = client.get("/.well-known/jwks.json").json()
+    jwks = client.get(JWKS).json()
     return jwt.PyJWK({k: v for k, v in next(k for k in jwks["keys"] if k["kid"] == kid).items()}).key
 
 
@@ -57,7 +43,7 @@ def test_staff_mint_then_exchange_once(client: TestClient[Any], stack: Stack) ->
         token,
         public_key_of(client, token),
         algorithms=["ES256"],
-        audience="http://authority.test/api/sys/users/exchange",
+        audience=f"http://authority.test{EXCHANGE}",
         issuer="http://authority.test",
     )
     assert claims["sub"] == "42"
@@ -256,7 +242,7 @@ def test_exchange_401_for_garbage_tokens(client: TestClient[Any], token: str) ->
 
 
 def test_jwks_and_discovery(client: TestClient[Any]) -> None:
-    response = client.get("/.well-known/jwks.json")
+    response = client.get(JWKS)
     assert response.status_code == 200
     assert "max-age=300" in response.headers["cache-control"]
     keys = response.json()["keys"]
@@ -264,20 +250,20 @@ def test_jwks_and_discovery(client: TestClient[Any]) -> None:
     for key in keys:
         assert (key["kty"], key["crv"], key["alg"], key["use"]) == ("EC", "P-256", "ES256", "sig")
         assert "d" not in key
-    not_modified = client.get("/.well-known/jwks.json", headers={"If-None-Match": response.headers["etag"]})
+    not_modified = client.get(JWKS, headers={"If-None-Match": response.headers["etag"]})
     assert not_modified.status_code == 304
 
-    meta = client.get("/.well-known/openid-configuration").json()
+    meta = client.get(DISCOVERY).json()
     assert meta["issuer"] == "http://authority.test"
-    assert meta["jwks_uri"] == "http://authority.test/.well-known/jwks.json"
-    assert meta["exchange_endpoint"] == "http://authority.test/api/sys/users/exchange"
+    assert meta["jwks_uri"] == f"http://authority.test{JWKS}"
+    assert meta["exchange_endpoint"] == f"http://authority.test{EXCHANGE}"
 
 
 def test_probes_and_schema(client: TestClient[Any]) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
-    paths = client.get("/schema/openapi.json").json()["paths"]
-    assert {STAFF, EXCHANGE, "/.well-known/jwks.json"} <= paths.keys()
+    assert client.get(HEALTHZ).json() == {"status": "ok"}
+    assert client.get(READYZ).json() == {"status": "ready"}
+    paths = client.get(SCHEMA).json()["paths"]
+    assert {STAFF, EXCHANGE, JWKS} <= paths.keys()
 
 
 def test_unknown_path_is_a_problem(client: TestClient[Any]) -> None:
@@ -286,7 +272,7 @@ def test_unknown_path_is_a_problem(client: TestClient[Any]) -> None:
 
 
 def test_openapi_documents_every_refusal_with_an_example(client: TestClient[Any]) -> None:
-    paths = client.get("/schema/openapi.json").json()["paths"]
+    paths = client.get(SCHEMA).json()["paths"]
     staff = paths[STAFF]["get"]["responses"]
     assert {"200", "400", "401", "403", "404", "429", "503"} <= staff.keys()
     unauthorized = staff["401"]["content"]["application/problem+json"]

@@ -6,15 +6,13 @@ import json
 from typing import Any
 
 import pytest
-import redis
 
 from authority.cli import main
-from tests.conftest import PASSPHRASE, Stack
-from tests.test_api import EXCHANGE, STAFF
+from tests.helpers import EXCHANGE, INTROSPECT, PASSPHRASE, STAFF, Stack, direct_redis, revoke
 
 
 def stream_events(stack: Stack) -> list[bytes]:
-    with redis.Redis.from_url(str(stack.settings.redis_url)) as direct:
+    with direct_redis(stack) as direct:
         entries = direct.xrange(f"{stack.settings.redis_prefix}audit")
     return [fields[b"event"] for _, fields in entries]
 
@@ -41,15 +39,15 @@ def test_one_event_per_request_none_lost_no_secrets(stack: Stack) -> None:
         access = call("POST", EXCHANGE, "exchange", "session", json={"token": token}).json()["access_token"]
         call("POST", EXCHANGE, "refusal", "token-replayed", json={"token": token})
         call("POST", EXCHANGE, "refusal", "invalid-token", json={"token": "x.y.z"})
-        call("POST", "/oauth2/introspect", "introspection", "inactive", data={"token": access}, headers=operator)
+        call("POST", INTROSPECT, "introspection", "inactive", data={"token": access}, headers=operator)
         token2 = call("GET", STAFF, "mint", "issued", params={"coworkerId": 43}, headers=operator).json()["token"]
         session2 = call("POST", EXCHANGE, "exchange", "session", json={"token": token2}).json()
-        call("POST", f"/api/sys/sessions/{session2['session_id']}/revoke", "revocation", "revoked", headers=operator)
+        call("POST", revoke(session2["session_id"]), "revocation", "revoked", headers=operator)
         call("GET", STAFF, "refusal", "unauthenticated", params={"coworkerId": 42})
         call("GET", STAFF, "refusal", "invalid-request", params={"coworkerId": "x"}, headers=operator)
         call("GET", STAFF, "refusal", "headers-too-large", headers={"X-Padding": "p" * 9000})
         secrets_seen += [token, access, token2, session2["access_token"]]
-        client.blocking_portal.call(client.app.state.audit.flush)
+        client.blocking_portal.call(client.app.state.services.audit.flush)
 
     raw = stream_events(stack)
     events = [json.loads(line) for line in raw]
@@ -74,7 +72,7 @@ def test_the_stream_is_capped(make_stack: Any) -> None:
     with stack.client() as client:
         for _ in range(400):
             client.post(EXCHANGE, json={"token": "x.y.z"})
-        client.blocking_portal.call(client.app.state.audit.flush)
+        client.blocking_portal.call(client.app.state.services.audit.flush)
     assert 100 <= len(stream_events(stack)) < 400  # MAXLEN ~: trimmed in whole nodes, never unbounded
 
 
@@ -84,7 +82,7 @@ def test_audit_tail_prints_the_newest_events(
     with stack.client() as client:
         for n in range(3):
             client.post(EXCHANGE, json={"token": "x.y.z"}, headers={"X-Request-ID": f"tail-{n}"})
-        client.blocking_portal.call(client.app.state.audit.flush)
+        client.blocking_portal.call(client.app.state.services.audit.flush)
     monkeypatch.setenv("AUTHORITY_REDIS_URL", str(stack.settings.redis_url))
     monkeypatch.setenv("AUTHORITY_REDIS_PREFIX", stack.settings.redis_prefix)
     monkeypatch.setenv("AUTHORITY_KEY_PASSPHRASE", PASSPHRASE)

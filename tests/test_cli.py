@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from authority.cli import main
-from tests.conftest import PASSPHRASE
+from tests.helpers import PASSPHRASE
 
 
 @pytest.fixture

@@ -26,9 +26,8 @@ import yaml
 from authority import demo
 from authority.embedded import free_port
 from authority.settings import load
-from tests.conftest import wait_until_ready
+from tests.helpers import EXCHANGE, HEALTHZ, METRICS, READYZ, ROOT, STAFF, wait_until_ready
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 BIN = Path(sys.executable).parent
 
@@ -61,7 +60,7 @@ def test_image_runs_unprivileged_with_a_health_check_and_a_keys_volume() -> None
     assert len(instruction("FROM")) == 2  # multi-stage: the build tools stay behind
     assert instruction("USER") == ["10001:10001"]  # numeric: a runtime can check it is not root
     assert instruction("VOLUME") == ['["/keys"]']
-    assert "/healthz" in instruction("HEALTHCHECK")[0]
+    assert HEALTHZ in instruction("HEALTHCHECK")[0]
     assert "AUTHORITY_KEYS_DIR=/keys" in DOCKERFILE
     assert "PROMETHEUS_MULTIPROC_DIR=/tmp/" in DOCKERFILE  # the only writes besides /keys go to the tmpfs
 
@@ -92,10 +91,6 @@ def test_env_example_is_a_valid_configuration() -> None:
     settings = load(environment)
     assert settings.key_store == "redis"
     assert settings.trusted_issuers
-
-
-MINT = "/api/sys/users/impersonate"
-EXCHANGE = "/api/sys/users/exchange"
 
 
 @dataclass
@@ -155,7 +150,7 @@ def the_images_command(redis_url: str, tmp_path: Path, **settings: str) -> Itera
     served = Served(process, port, env, portal, log)
     try:
         try:
-            wait_until_ready(f"{served.base}/readyz", process)
+            wait_until_ready(f"{served.base}{READYZ}", process)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{served.output()}") from None
         yield served
@@ -167,13 +162,13 @@ def the_images_command(redis_url: str, tmp_path: Path, **settings: str) -> Itera
 def test_the_images_start_command_serves_the_app(redis_url: str, tmp_path: Path) -> None:
     """The CMD of the Dockerfile serves: mint, exchange, the HEALTHCHECK command, /metrics summed over workers."""
     with the_images_command(redis_url, tmp_path) as served:
-        minted = httpx.get(f"{served.base}{MINT}", params={"coworkerId": 42}, headers=served.bearer("7"))
+        minted = httpx.get(f"{served.base}{STAFF}", params={"coworkerId": 42}, headers=served.bearer("7"))
         assert minted.status_code == 200, minted.text
         exchanged = httpx.post(f"{served.base}{EXCHANGE}", json={"token": minted.json()["token"]})
         assert exchanged.status_code == 200
         healthcheck = json.loads(instruction("HEALTHCHECK")[0].split(" CMD ", 1)[1].replace("8000", str(served.port)))
         assert subprocess.run(healthcheck, env=served.env, check=False, timeout=10).returncode == 0
-        metrics = httpx.get(f"{served.base}/metrics").text
+        metrics = httpx.get(f"{served.base}{METRICS}").text
         assert re.search(r'^authority_mints_total\{role="operator"\} 1\.0$', metrics, re.MULTILINE), metrics
 
 
@@ -209,7 +204,7 @@ def mint_and_exchange(served: Served, sub: str, calls: list[Call], stop: threadi
     headers = served.bearer(sub)
     with httpx.Client(base_url=served.base, timeout=5) as client:
         while not stop.is_set() and time.monotonic() < until and len(calls) < 5000:
-            call, minted = timed("mint", "", lambda: client.get(MINT, params={"coworkerId": 42}, headers=headers))
+            call, minted = timed("mint", "", lambda: client.get(STAFF, params={"coworkerId": 42}, headers=headers))
             calls.append(call)
             if minted is None or minted.status_code != 200:
                 stop.wait(0.01)  # no busy loop on a refused connection
@@ -251,7 +246,7 @@ def listens(worker: psutil.Process, port: int) -> bool:
 def mint_and_exchange_on_a_new_connection(served: Served, worker: psutil.Process, tokens: list[str]) -> bool:
     """Mint and exchange (both must succeed) on a new connection; whether ``worker`` is the one holding it."""
     with httpx.Client(base_url=served.base, timeout=5) as client:
-        minted = client.get(MINT, params={"coworkerId": 42}, headers=served.bearer("2"))
+        minted = client.get(STAFF, params={"coworkerId": 42}, headers=served.bearer("2"))
         assert minted.status_code == 200, minted.text
         tokens.append(minted.json()["token"])
         exchanged = client.post(EXCHANGE, json={"token": tokens[-1]})
@@ -277,7 +272,7 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(redis_url: st
 
         def mint_succeeds() -> bool:
             headers = served.bearer("1")
-            warmup.append(httpx.get(f"{served.base}{MINT}", params={"coworkerId": 42}, headers=headers).status_code)
+            warmup.append(httpx.get(f"{served.base}{STAFF}", params={"coworkerId": 42}, headers=headers).status_code)
             return warmup[-1] == 200
 
         # Before the kill only: a just-started worker can answer 503 "no active signing key" for a moment.

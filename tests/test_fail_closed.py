@@ -9,8 +9,7 @@ from pathlib import Path
 import redis
 
 from authority.embedded import EmbeddedRedis
-from tests.conftest import Stack
-from tests.test_api import EXCHANGE, STAFF, assert_problem
+from tests.helpers import EXCHANGE, HEALTHZ, READYZ, STAFF, Stack, assert_problem
 
 
 def test_redis_down_is_503_and_restart_refuses_old_tokens(
@@ -26,14 +25,14 @@ def test_redis_down_is_503_and_restart_refuses_old_tokens(
         down = client.post(EXCHANGE, json={"token": before})
         assert_problem(down, 503, "unavailable")
         assert down.headers["retry-after"] == "1"
-        assert_problem(client.get("/readyz"), 503, "unavailable")
-        assert client.get("/healthz").status_code == 200  # alive, just not ready
+        assert_problem(client.get(READYZ), 503, "unavailable")
+        assert client.get(HEALTHZ).status_code == 200  # alive, just not ready
 
         private_redis.start()
         assert_problem(client.post(EXCHANGE, json={"token": before}), 401, "token-not-issued")
         after = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
         assert client.post(EXCHANGE, json={"token": after}).status_code == 200
-        assert client.get("/readyz").status_code == 200
+        assert client.get(READYZ).status_code == 200
 
 
 def test_with_min_replicas_an_unreplicated_exchange_hands_nothing_out(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import hmac
 import json
 import time
 from collections.abc import Callable
@@ -21,66 +20,29 @@ from cryptography.x509.oid import NameOID
 from litestar.testing import TestClient
 
 from authority import demo
-from authority.impersonation import Authority
 from authority.keys import FileKeyStore, LoadedKey
 from authority.keys.jwk import public_jwk
 from authority.keys.keyring import new_record, unseal_record
-from tests.conftest import PASSPHRASE, Stack, decode_unverified
-from tests.test_api import EXCHANGE, STAFF, assert_problem, mint
-
-Signer = Callable[[bytes], bytes]
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes]:
-    header, payload, signature = token.split(".")
-    return json.loads(unb64(header)), json.loads(unb64(payload)), unb64(signature)
-
-
-def forge(header: dict[str, Any], claims: dict[str, Any], signer: Signer) -> str:
-    """A compact JWS built by hand, so nothing (PyJWT included) second-guesses what an attacker may send."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    return f"{signing_input}.{b64(signer(signing_input.encode()))}"
-
-
-def hs256(secret: bytes) -> Signer:
-    return lambda data: hmac.new(secret, data, hashlib.sha256).digest()
-
-
-def unsigned(_: bytes) -> bytes:
-    return b""
-
-
-def kid_of(key: ed25519.Ed25519PrivateKey) -> str:
-    kid: str = public_jwk(key.public_key(), "EdDSA")["kid"]
-    return kid
-
-
-def authority_of(client: TestClient[Any]) -> Authority:
-    authority: Authority = client.app.state.authority
-    return authority
-
-
-def real_signing_key(client: TestClient[Any]) -> ed25519.Ed25519PrivateKey:
-    """The authority's own active key, the one that signed what it minted."""
-    signer = authority_of(client).keyring.signer
-    assert signer is not None
-    assert isinstance(signer.private, ed25519.Ed25519PrivateKey)
-    return signer.private
-
-
-def public_key_forms(key: ed25519.Ed25519PublicKey) -> dict[str, bytes]:
-    return {
-        "pem": key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
-        "raw": key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
-    }
+from tests.helpers import (
+    EXCHANGE,
+    JWKS,
+    PASSPHRASE,
+    STAFF,
+    Stack,
+    assert_problem,
+    authority_of,
+    b64,
+    caller_claims,
+    demo_header,
+    forge,
+    hs256,
+    kid_of_key,
+    mint,
+    public_key_forms,
+    real_signing_key,
+    split,
+    unsigned,
+)
 
 
 @pytest.fixture
@@ -164,7 +126,7 @@ def test_hmac_signature_under_the_real_alg(minted: Minted) -> None:
 
 
 def test_unknown_kid_signed_by_its_own_key(minted: Minted) -> None:
-    header = {**minted.header, "kid": kid_of(minted.attacker)}
+    header = {**minted.header, "kid": kid_of_key(minted.attacker)}
     minted.refused(forge(header, minted.claims, minted.attacker.sign), "unknown-key")
 
 
@@ -210,7 +172,7 @@ def test_key_naming_header_params_are_refused(minted: Minted, param: str, signed
     }
     header = {**minted.header, **values[param]}
     if signed_by == "attacker" and param == "jwk":
-        header["kid"] = kid_of(minted.attacker)  # the self-consistent variant: kid matches the embedded key
+        header["kid"] = kid_of_key(minted.attacker)  # the self-consistent variant: kid matches the embedded key
     minted.refused(forge(header, minted.claims, key.sign), "invalid-token")
 
 
@@ -251,7 +213,7 @@ def test_wrong_issuer(minted: Minted, iss: str) -> None:
     minted.refused(minted.resigned(iss=iss), "wrong-issuer")
 
 
-@pytest.mark.parametrize("aud", ["portal-api", "http://authority.test", "http://authority.test/api/sys/users/exchange/",
+@pytest.mark.parametrize("aud", ["portal-api", "http://authority.test", f"http://authority.test{EXCHANGE}/",
                                  "authority"])  # fmt: skip
 def test_wrong_audience(minted: Minted, aud: str) -> None:
     minted.refused(minted.resigned(aud=aud), "wrong-audience")
@@ -294,7 +256,7 @@ def test_never_issued_jti_is_refused_every_time(minted: Minted) -> None:
 @pytest.mark.parametrize(
     "change",
     [{"sub": 42}, {"exp": "9999999999"}, {"iat": 1.5}, {"nbf": True}, {"jti": 1}, {"loc": 1},
-     {"aud": ["http://authority.test/api/sys/users/exchange"]}, {"act": "7"}, {"act": {"sub": "7"}},
+     {"aud": [f"http://authority.test{EXCHANGE}"]}, {"act": "7"}, {"act": {"sub": "7"}},
      {"act": {"sub": "7", "role": "operator", "act": {"sub": "1"}}}, {"sub": None}, {"jti": None},
      {"exp": None}, {"act": None}, {"exp": 10**30}, {"iat": -(10**30)}],
 )  # fmt: skip
@@ -324,23 +286,13 @@ def pending(client: TestClient[Any], stack: Stack) -> LoadedKey:
 
 
 def test_token_signed_by_a_pending_key(minted: Minted, pending: LoadedKey) -> None:
-    assert pending.kid in {k["kid"] for k in minted.client.get("/.well-known/jwks.json").json()["keys"]}
+    assert pending.kid in {k["kid"] for k in minted.client.get(JWKS).json()["keys"]}
     assert minted.header["kid"] != pending.kid
     assert isinstance(pending.private, ed25519.Ed25519PrivateKey)
     minted.refused(forge({**minted.header, "kid": pending.kid}, minted.claims, pending.private.sign), "unknown-key")
 
 
 # --- caller bearers on the mint endpoint --------------------------------------------------------------------
-
-
-def caller_claims(stack: Stack, **changes: Any) -> dict[str, Any]:
-    claims = decode_unverified(demo.dev_token(stack.keys_dir, role="operator", sub="7", location="1"))
-    return {k: v for k, v in {**claims, **changes}.items() if v is not None}
-
-
-def demo_header(stack: Stack, **changes: Any) -> dict[str, Any]:
-    header = {"alg": "EdDSA", "typ": "at+jwt", "kid": kid_of(demo.demo_key(stack.keys_dir))}
-    return {**header, **changes}
 
 
 def assert_unauthenticated(client: TestClient[Any], token: str) -> None:
@@ -380,7 +332,7 @@ def test_bearer_claims_refused(client: TestClient[Any], stack: Stack, changes: d
 
 def test_bearer_signed_by_an_unknown_key(client: TestClient[Any], stack: Stack) -> None:
     attacker = ed25519.Ed25519PrivateKey.generate()
-    assert_unauthenticated(client, forge(demo_header(stack, kid=kid_of(attacker)), caller_claims(stack),
+    assert_unauthenticated(client, forge(demo_header(stack, kid=kid_of_key(attacker)), caller_claims(stack),
                                          attacker.sign))  # fmt: skip
     assert_unauthenticated(client, forge(demo_header(stack), caller_claims(stack), attacker.sign))
 
@@ -400,7 +352,7 @@ def test_bearer_key_naming_header_params(client: TestClient[Any], stack: Stack, 
         "x5u": "https://attacker.example/cert.pem",
         "x5c": [attacker_certificate(attacker)],
     }
-    header = demo_header(stack, kid=kid_of(attacker), **{param: values[param]})
+    header = demo_header(stack, kid=kid_of_key(attacker), **{param: values[param]})
     assert_unauthenticated(client, forge(header, caller_claims(stack), attacker.sign))
     # Even the issuer's own key cannot make these parameters acceptable.
     genuine = demo.demo_key(stack.keys_dir)
@@ -417,7 +369,7 @@ def test_impersonation_token_presented_as_bearer(client: TestClient[Any], stack:
     assert client.post(EXCHANGE, json={"token": token}).status_code == 200  # presenting it did not spend it
 
 
-@pytest.mark.parametrize("changes", [{"aud": "http://authority.test/api/sys/users/exchange"}, {"exp": 1_000_000},
+@pytest.mark.parametrize("changes", [{"aud": f"http://authority.test{EXCHANGE}"}, {"exp": 1_000_000},
                                      {"typ": "imp+jwt"}])  # fmt: skip
 def test_our_own_session_token_misused_as_bearer(minted: Minted, changes: dict[str, Any]) -> None:
     """Our real key, but an access token that is expired, for another audience, or not an access token."""

@@ -4,7 +4,6 @@ never a 5xx — and changes nothing: a genuine token minted before still exchang
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,19 +11,13 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from tests.conftest import Stack
-from tests.test_api import EXCHANGE, STAFF, assert_problem, mint, team
+from tests.helpers import EXCHANGE, HEALTHZ, INTROSPECT, JWKS, STAFF, Stack, assert_problem, b64, mint, revoke, team
 
-INTROSPECT = "/oauth2/introspect"
 JSON = {"content-type": "application/json"}
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 TOKEN_JSON = '{"token": "x.y.z"}'
 # Deep enough to exhaust any recursive JSON decoder at the default recursion limit, small enough for every limit.
 DEPTH = 1400
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def nested(depth: int) -> bytes:
@@ -37,10 +30,6 @@ def jws(header: bytes, payload: bytes) -> str:
 
 
 DEEP = b',"x":' + nested(DEPTH) + b"}"
-
-
-def revoke(sid: str) -> str:
-    return f"/api/sys/sessions/{sid}/revoke"
 
 
 @pytest.fixture
@@ -73,12 +62,12 @@ def refused(response: Any, status: int, code: str) -> dict[str, Any]:
     ],
     ids=["one-huge", "many-small", "huge-authorization", "huge-cookie"],
 )
-@pytest.mark.parametrize("path", [STAFF + "?coworkerId=42", EXCHANGE, INTROSPECT, "/healthz"])
+@pytest.mark.parametrize("path", [STAFF + "?coworkerId=42", EXCHANGE, INTROSPECT, HEALTHZ])
 @pytest.mark.usefixtures("spare")
 def test_headers_over_the_cap_get_431(
     client: TestClient[Any], stack: Stack, headers: dict[str, str], path: str
 ) -> None:
-    method = "GET" if path.startswith((STAFF, "/healthz")) else "POST"
+    method = "GET" if path.startswith((STAFF, HEALTHZ)) else "POST"
     auth = {} if "Authorization" in headers else stack.bearer("operator", "7")
     response = client.request(method, path, headers={**auth, **headers})
     body = refused(response, 431, "headers-too-large")
@@ -95,8 +84,8 @@ def test_header_cap_is_the_configured_one(make_stack: Callable[..., Stack]) -> N
     stack = make_stack(max_header_bytes=2048)
     with stack.client() as client:
         padding = {"X-Padding": "p" * 2100}
-        refused(client.get("/healthz", headers=padding), 431, "headers-too-large")
-        assert client.get("/healthz", headers={"X-Padding": "p" * 1000}).status_code == 200
+        refused(client.get(HEALTHZ, headers=padding), 431, "headers-too-large")
+        assert client.get(HEALTHZ, headers={"X-Padding": "p" * 1000}).status_code == 200
 
 
 @pytest.mark.usefixtures("spare")
@@ -129,7 +118,7 @@ def test_deeply_nested_json_in_an_introspection_request(client: TestClient[Any],
 def test_deeply_nested_token(client: TestClient[Any], where: str, code: str) -> None:
     """Nesting deeper than a recursive JSON decoder's stack, inside the 4096-character token limit, unsigned: the
     exchange and the bearer check both refuse it before or without trusting a byte of it."""
-    kid = client.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
+    kid = client.get(JWKS).json()["keys"][0]["kid"]
     header, payload = b'{"alg":"EdDSA","typ":"imp+jwt","kid":"%s"' % kid.encode(), b'{"iss":"x"'
     deep_header = where.endswith("header")
     token = jws(header + DEEP, payload + b"}") if deep_header else jws(header + b"}", payload + DEEP)
@@ -250,9 +239,7 @@ def test_trailing_newline_is_not_an_id(client: TestClient[Any], stack: Stack) ->
     refused(client.post(revoke("a" * 16 + "%0A"), headers=operator), 400, "invalid-request")
 
 
-@pytest.mark.parametrize(
-    "path", ["/nope%00", "/%00", "/api/sys/users/exchange%00", "/%E2%80%AE/healthz", "/.%2e/.%2e/etc"]
-)
+@pytest.mark.parametrize("path", ["/nope%00", "/%00", f"{EXCHANGE}%00", f"/%E2%80%AE{HEALTHZ}", "/.%2e/.%2e/etc"])
 def test_nul_and_unicode_in_unknown_paths_are_404(client: TestClient[Any], path: str) -> None:
     assert_problem(client.get(path), 404, "not-found")
 
@@ -274,12 +261,12 @@ def test_nul_in_a_token_is_refused(client: TestClient[Any], stack: Stack) -> Non
 def test_sane_request_id_is_echoed_on_success_and_refusal(client: TestClient[Any], stack: Stack, given: str) -> None:
     rid = {"X-Request-ID": given}
     responses = [
-        client.get("/healthz", headers=rid),
+        client.get(HEALTHZ, headers=rid),
         client.get(STAFF, params={"coworkerId": 42}, headers={**rid, **stack.bearer("operator", "7")}),
         client.get(STAFF, params={"coworkerId": 42}, headers=rid),
         client.post(EXCHANGE, json={"token": "x.y.z"}, headers=rid),
         client.post(EXCHANGE, content=padded(9000), headers={**rid, **JSON}),
-        client.get("/healthz", headers={**rid, "X-Padding": "p" * 9000}),
+        client.get(HEALTHZ, headers={**rid, "X-Padding": "p" * 9000}),
     ]
     assert [r.status_code for r in responses] == [200, 200, 401, 401, 413, 431]
     assert all(r.headers.get_list("x-request-id") == [given] for r in responses)
@@ -292,7 +279,7 @@ def test_sane_request_id_is_echoed_on_success_and_refusal(client: TestClient[Any
     ids=lambda v: repr(v[:12]),
 )  # fmt: skip
 def test_hostile_request_id_is_replaced(client: TestClient[Any], given: bytes) -> None:
-    response = client.get("/healthz", headers=[(b"X-Request-ID", given)])
+    response = client.get(HEALTHZ, headers=[(b"X-Request-ID", given)])
     assert response.status_code == 200
     assert "set-cookie" not in response.headers
     [echoed] = response.headers.get_list("x-request-id")

@@ -13,16 +13,27 @@ from typing import Any
 import jwt
 import msgspec
 import pytest
-import redis
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from authority.app import create_app
 from authority.cli import main
 from authority.keys.keyring import new_record
-from tests.conftest import PASSPHRASE, Stack
-from tests.test_api import EXCHANGE
-from tests.test_rotation import PREPUBLISH, ROTATION, Clock, in_app, jwks, kid_of, mint, running
+from tests.helpers import (
+    EXCHANGE,
+    PASSPHRASE,
+    PREPUBLISH,
+    READYZ,
+    ROTATION,
+    Clock,
+    Stack,
+    direct_redis,
+    in_app,
+    jwks,
+    kid_of,
+    mint_lasting,
+    running,
+)
 
 
 def shared(make_stack: Callable[..., Stack], **overrides: Any) -> Stack:
@@ -37,8 +48,7 @@ def test_a_first_start_waits_for_the_keys_a_sibling_is_making(make_stack: Callab
     ready until a signer exists, rather than serving an empty key set."""
     stack = shared(make_stack)
     lock = f"{stack.settings.redis_prefix}keys:lock"
-    assert stack.settings.redis_url is not None
-    with redis.Redis.from_url(stack.settings.redis_url) as direct:
+    with direct_redis(stack) as direct:
         direct.set(lock, "a sibling", px=60_000)
         client = TestClient(create_app(stack.settings))
         started = threading.Event()
@@ -53,8 +63,8 @@ def test_a_first_start_waits_for_the_keys_a_sibling_is_making(make_stack: Callab
         direct.delete(lock)  # the sibling is done (here: gone); this process makes the keys itself
         assert started.wait(20)
     try:
-        assert client.get("/readyz").status_code == 200
-        assert client.post(EXCHANGE, json={"token": mint(client, stack)}).status_code == 200
+        assert client.get(READYZ).status_code == 200
+        assert client.post(EXCHANGE, json={"token": mint_lasting(client, stack)}).status_code == 200
     finally:
         client.__exit__(None, None, None)
 
@@ -62,7 +72,7 @@ def test_a_first_start_waits_for_the_keys_a_sibling_is_making(make_stack: Callab
 def a_sibling_switches_signer(client: TestClient[Litestar], stack: Stack) -> str:
     """What a sibling's rotation writes, without announcing it: a new key signing now, the old one retiring.
     Returns the new kid."""
-    keys = client.app.state.authority.keys
+    keys = client.app.state.services.authority.keys
     records = in_app(client, keys.store.load)
     now = int(time.time())
     signer = next(r for r in records if r.superseded_at is not None and r.activates_at <= now)
@@ -80,7 +90,7 @@ def test_a_token_signed_with_a_key_only_a_sibling_knows_yet_is_verified_after_on
         kid = a_sibling_switches_signer(old, stack)
         assert kid not in {k["kid"] for k in jwks(old)}
         with running(create_app(stack.settings)) as (sibling, _):
-            token = mint(sibling, stack)
+            token = mint_lasting(sibling, stack)
             assert kid_of(token) == kid
             session = old.post(EXCHANGE, json={"token": token})
         assert session.status_code == 200, session.text
@@ -110,14 +120,14 @@ def test_retire_is_in_effect_everywhere_when_the_command_returns(
         monkeypatch.setenv(f"AUTHORITY_{name}", value)
     with running(create_app(s)) as (one, _), running(create_app(s)) as (two, _):
         before = jwks(one)
-        retired = kid_of(mint(one, stack))
+        retired = kid_of(mint_lasting(one, stack))
         assert main(["keys", "retire", retired]) == 0
         assert "in effect on 2 of 2 running service processes" in capsys.readouterr().err
         for replica in (one, two):
             assert retired not in {k["kid"] for k in jwks(replica)}
-            tokens = [mint(replica, stack) for _ in range(10)]
+            tokens = [mint_lasting(replica, stack) for _ in range(10)]
             assert retired not in {kid_of(t) for t in tokens}
-        access = two.post(EXCHANGE, json={"token": mint(one, stack)}).json()["access_token"]
+        access = two.post(EXCHANGE, json={"token": mint_lasting(one, stack)}).json()["access_token"]
         key = next(k for k in before if k["kid"] == kid_of(access))  # the standby, published before the retire
         claims = jwt.decode(access, jwt.PyJWK(key).key, algorithms=["ES256"], audience=s.session_audience)
         assert claims["sub"] == "42"
@@ -142,15 +152,15 @@ def test_pre_publication_counts_from_when_a_late_replica_first_serves_the_key(
         ),
     ):
         in_app(a, on_a.keys.rotate_now)  # the first standby now signs once published in full...
-        standby = next(k["kid"] for k in jwks(a) if k["kid"] != kid_of(mint(a, stack_a)))
-        while kid_of(mint(a, stack_a)) != standby:
+        standby = next(k["kid"] for k in jwks(a) if k["kid"] != kid_of(mint_lasting(a, stack_a)))
+        while kid_of(mint_lasting(a, stack_a)) != standby:
             clock.now += 1
         in_app(a, on_a.keys.tick)  # ...and A writes the next standby
         written = clock.now
         in_app(a, on_a.keys.rotate_now)  # and brings it forward at once
         (successor,) = {k["kid"] for k in jwks(a)} - {k["kid"] for k in jwks(b)}
         served_on_b = None
-        while (signer := kid_of(mint(b, stack_b))) != successor:
+        while (signer := kid_of(mint_lasting(b, stack_b))) != successor:
             clock.now += 1
             if (clock.now - written) % refresh == refresh - 1:
                 in_app(b, on_b.keys.refresh)  # B's re-read, as late as it may come
@@ -169,17 +179,17 @@ def test_a_changed_alg_signs_from_the_next_rotation_on_with_no_token_failing(
     clock = Clock()
     t0 = clock.now
     with running(create_app(stack.settings, clock)) as (client, _):
-        old_token = mint(client, stack)
+        old_token = mint_lasting(client, stack)
     assert jwt.get_unverified_header(old_token)["alg"] == "EdDSA"
     moved = msgspec.structs.replace(stack.settings, key_alg="ES256", redis_prefix=stack.settings.redis_prefix)
     with running(create_app(moved, clock)) as (client, authority):
         published = jwks(client)
         assert sorted(k["alg"] for k in published) == ["ES256", "EdDSA"]  # the EdDSA signer, an ES256 standby
-        assert jwt.get_unverified_header(mint(client, stack))["alg"] == "EdDSA"  # until the signer's term ends
+        assert jwt.get_unverified_header(mint_lasting(client, stack))["alg"] == "EdDSA"  # until the signer's term ends
         assert client.post(EXCHANGE, json={"token": old_token}).status_code == 200
         clock.now = t0 + ROTATION  # the ES256 standby, published since the switch, signs
         in_app(client, authority.keys.tick)
-        new = client.post(EXCHANGE, json={"token": mint(client, stack)}).json()["access_token"]
+        new = client.post(EXCHANGE, json={"token": mint_lasting(client, stack)}).json()["access_token"]
         header = jwt.get_unverified_header(new)
         assert header["alg"] == "ES256"
         key = next(k for k in published if k["kid"] == header["kid"])  # in the JWKS fetched at the switch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import stat
 import time
@@ -34,8 +33,9 @@ from authority.keys.jwk import public_jwk, public_members, thumbprint
 from authority.keys.keyring import new_record, unseal_record
 from authority.keys.lifecycle import State
 from authority.refusals import BadSignature
+from authority.settings import SettingsError
 from authority.tokens import IMPERSONATION_TYP, Actor, impersonation_claims, read_header, sign, verify_signature
-from tests.conftest import PASSPHRASE
+from tests.helpers import PASSPHRASE, b64, unb64
 
 SCHEDULE = Schedule(rotation_s=86400, prepublish_s=3600, retention_s=4210)
 # RFC 7638 section 3.1.
@@ -50,14 +50,6 @@ RFC7638_KID = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 RFC8037_X = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
 RFC8037_KID = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
 PUBLIC_MEMBERS = {"OKP": {"kty", "crv", "x"}, "EC": {"kty", "crv", "x", "y"}, "RSA": {"kty", "n", "e"}}
-
-
-def unb64(value: str) -> bytes:
-    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def key_files(directory: Path) -> list[Path]:
@@ -85,6 +77,12 @@ def signed_by(key: LoadedKey) -> str:
     return sign(claims, key, IMPERSONATION_TYP)
 
 
+def signing(keyring: Keyring) -> LoadedKey:
+    signer = keyring.signer_at(int(time.time()))
+    assert signer is not None
+    return signer
+
+
 Start = Callable[..., Keyring]
 
 
@@ -98,7 +96,8 @@ def start(redis_url: str) -> Start:
             try:
                 prefix = f"k{uuid.uuid4().hex[:12]}:"
                 keys = KeyManager(FileKeyStore(directory), RotationLock(redis, prefix), KeyNotices(redis, prefix),
-                                  alg=alg, passphrase=passphrase, demo=demo, schedule=SCHEDULE, clock=time.time,
+                                  alg=alg, passphrase=passphrase, demo=demo, schedule=SCHEDULE, refresh_s=2,
+                                  clock=time.time,
                                   audit=AuditLog(redis, f"{prefix}audit", 1000))  # fmt: skip
                 return await keys.tick()
             finally:
@@ -147,7 +146,7 @@ def test_unsupported_curve_is_refused() -> None:
 @pytest.mark.parametrize(("alg", "kty"), [("EdDSA", "OKP"), ("ES256", "EC"), ("RS256", "RSA")])
 def test_keyrings_per_alg_publish_jwks_pyjwt_accepts(start: Start, tmp_path: Path, alg: str, kty: str) -> None:
     keyring = start(tmp_path, alg=alg)
-    key = keyring.signer
+    key = keyring.signer_at(int(time.time()))
     assert key is not None
     assert key.alg == alg
     assert key.jwk["kty"] == kty
@@ -198,10 +197,11 @@ def test_pending_key_is_published_but_neither_signs_nor_verifies(start: Start, t
     pending = new_record("EdDSA", PASSPHRASE, now=now, activates_at=now + 600)
     save(tmp_path, active, pending)
     keyring = start(tmp_path)
-    assert keyring.signer is not None
-    assert keyring.signer.kid == active.kid
+    signer = keyring.signer_at(int(time.time()))
+    assert signer is not None
+    assert signer.kid == active.kid
     assert keyring.verifier(pending.kid, now, 10) is None
-    assert keyring.verifier(active.kid, now, 10) is keyring.signer
+    assert keyring.verifier(active.kid, now, 10) is signer
     assert {k["kid"] for k in msgspec.json.decode(keyring.jwks)["keys"]} == {active.kid, pending.kid}
     assert len(key_files(tmp_path)) == 2  # nothing new was made
 
@@ -221,17 +221,17 @@ def test_first_start_creates_a_signer_and_a_standby_encrypted_owner_only(start: 
     for record in records.values():
         assert record.encrypted
         assert record.private_pem.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
-    assert keyring.signer is not None
-    assert keyring.signer.state == "active"
+    assert signing(keyring) is not None
+    assert signing(keyring).state == "active"
     assert sorted(k.state for k in keyring.keys) == ["active", "pending"]
     assert {k.kid for k in keyring.keys} == set(records)
 
 
 def test_reopening_loads_the_same_key(start: Start, tmp_path: Path) -> None:
     first, again = start(tmp_path), start(tmp_path)
-    assert first.signer is not None
-    assert again.signer is not None
-    assert again.signer.kid == first.signer.kid
+    assert signing(first) is not None
+    assert signing(again) is not None
+    assert signing(again).kid == signing(first).kid
     assert again.jwks == first.jwks
     assert again.etag == first.etag
     assert len(key_files(tmp_path)) == 2
@@ -270,9 +270,9 @@ def test_plain_key_only_in_demo(start: Start, tmp_path: Path) -> None:
     with pytest.raises(KeyStoreError, match="not encrypted; only --demo accepts plain keys"):
         start(tmp_path)
     again = start(tmp_path, passphrase=None, demo=True)
-    assert again.signer is not None
-    assert demo_ring.signer is not None
-    assert again.signer.kid == demo_ring.signer.kid
+    assert signing(again) is not None
+    assert signing(demo_ring) is not None
+    assert signing(again).kid == signing(demo_ring).kid
 
 
 def test_record_whose_kid_is_not_its_thumbprint_is_refused(start: Start, tmp_path: Path) -> None:
@@ -301,7 +301,7 @@ def test_file_that_is_not_a_key_record_is_refused(start: Start, tmp_path: Path) 
 
 
 def test_no_passphrase_outside_demo_writes_no_plain_key(start: Start, tmp_path: Path) -> None:
-    with pytest.raises(KeyStoreError):
+    with pytest.raises(SettingsError, match="AUTHORITY_KEY_PASSPHRASE is required"):
         start(tmp_path, passphrase=None, demo=False)
     assert key_files(tmp_path) == []
 
@@ -324,6 +324,6 @@ def test_leftover_staging_file_does_not_stop_the_start(start: Start, tmp_path: P
     staged.write_bytes(key_files(tmp_path)[-1].read_bytes()[:40])  # half of a record, as a crash leaves it
     staged.chmod(0o600)
     again = start(tmp_path)
-    assert again.signer is not None
-    assert first.signer is not None
-    assert again.signer.kid == first.signer.kid
+    assert signing(again) is not None
+    assert signing(first) is not None
+    assert signing(again).kid == signing(first).kid

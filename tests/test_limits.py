@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Callable
 
-from tests.conftest import Stack
-from tests.test_api import EXCHANGE, STAFF, assert_problem
+import pytest
+from redis.asyncio import Redis
+
+from authority.limits import MintLimiter
+from authority.refusals import RateLimited, Unavailable
+from authority.replay import Allowlist
+from tests.helpers import EXCHANGE, STAFF, Stack, assert_problem, team
 
 
 def test_a_caller_over_its_rate_gets_429_with_retry_after(make_stack: Callable[..., Stack]) -> None:
@@ -28,9 +35,8 @@ def test_failed_lookups_count_too(make_stack: Callable[..., Stack]) -> None:
     team_admin = stack.bearer("team-admin", "5")
     with stack.client() as client:
         for coworker in (1000, 1001):
-            assert_problem(client.get(f"/api/public/coworkers/{coworker}/impersonate", headers=team_admin), 404,
-                           "coworker-not-found")  # fmt: skip
-        assert_problem(client.get("/api/public/coworkers/43/impersonate", headers=team_admin), 429, "rate-limited")
+            assert_problem(client.get(team(coworker), headers=team_admin), 404, "coworker-not-found")
+        assert_problem(client.get(team(43), headers=team_admin), 429, "rate-limited")
 
 
 def test_a_location_has_its_own_ceiling(make_stack: Callable[..., Stack]) -> None:
@@ -59,3 +65,36 @@ def test_unauthenticated_requests_do_not_spend_a_callers_budget(make_stack: Call
         for _ in range(5):
             assert client.get(STAFF, params={"coworkerId": 42}).status_code == 401
         assert client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7")).status_code == 200
+
+
+def test_issue_counts_and_writes_in_one_call_and_refuses_for_either(redis_url: str) -> None:
+    """Over the limit the jti is on the list all the same (the token is never handed out; the entry expires);
+    a jti already on the list is refused and left as it was."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+
+    async def scenario() -> None:
+        redis = Redis.from_url(redis_url)
+        limiter = MintLimiter(redis, prefix, per_actor=1, per_location=10, window_s=60)
+        allowlist = Allowlist(redis, prefix)
+
+        async def issue(jti: str, actor: str = "7") -> None:
+            await allowlist.issue(jti, 90, limiter=limiter, issuer="https://idp.test", actor=actor, location="1")
+
+        try:
+            await issue("first")
+            with pytest.raises(RateLimited) as refused:
+                await issue("second")
+            assert str(refused.value) == "mint rate for this caller exceeded (1 per window)"
+            assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+            assert await redis.get(f"{prefix}jti:second") == b"issued"
+            assert 0 < await redis.ttl(f"{prefix}jti:second") <= 90
+
+            await redis.set(f"{prefix}jti:first", "active:{}", keepttl=True)
+            with pytest.raises(Unavailable) as collided:
+                await issue("first", actor="8")
+            assert str(collided.value) == "jti collision: refusing to issue the same token id twice; try again"
+            assert await redis.get(f"{prefix}jti:first") == b"active:{}"
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())

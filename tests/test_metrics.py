@@ -7,12 +7,11 @@ from typing import Any
 
 from litestar.testing import TestClient
 
-from tests.conftest import Stack
-from tests.test_api import EXCHANGE, mint
+from tests.helpers import EXCHANGE, METRICS, Stack, mint
 
 
 def scrape(client: TestClient[Any]) -> dict[str, float]:
-    response = client.get("/metrics")
+    response = client.get(METRICS)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     samples = {}

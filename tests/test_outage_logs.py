@@ -14,8 +14,7 @@ import pytest
 from authority.embedded import EmbeddedRedis
 from authority.logs import JsonFormatter
 from authority.outages import OutageLog
-from tests.conftest import Stack
-from tests.test_api import STAFF, assert_problem
+from tests.helpers import STAFF, Clock, Stack, assert_problem
 
 
 class Collector(logging.Handler):
@@ -45,14 +44,6 @@ def collected(name: str) -> Iterator[list[logging.LogRecord]]:
         logger.removeHandler(collector)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def outage_lines(records: list[logging.LogRecord]) -> list[tuple[str, str, int, int]]:
     """(phase, cause, count, total) of each outage line: extra fields on the record, which the JSON line carries."""
     lines = [vars(r) for r in records if hasattr(r, "outage")]
@@ -66,7 +57,7 @@ def duration_s(record: logging.LogRecord) -> float:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture

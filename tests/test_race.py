@@ -9,7 +9,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from authority.app import create_app
-from tests.conftest import Stack
+from tests.helpers import EXCHANGE, STAFF, Stack
 
 pytestmark = pytest.mark.anyio
 
@@ -21,13 +21,11 @@ def anyio_backend() -> str:
 
 async def test_fifty_concurrent_exchanges_of_one_token_yield_exactly_one_session(stack: Stack) -> None:
     async with AsyncTestClient(create_app(stack.settings)) as client:
-        minted = await client.get(
-            "/api/sys/users/impersonate", params={"coworkerId": 42}, headers=stack.bearer("operator", "7")
-        )
+        minted = await client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7"))
         token = minted.json()["token"]
 
         async def exchange() -> Any:
-            return await client.post("/api/sys/users/exchange", json={"token": token})
+            return await client.post(EXCHANGE, json={"token": token})
 
         responses = await asyncio.gather(*(exchange() for _ in range(50)))
 

@@ -27,22 +27,26 @@ from litestar.testing import TestClient
 from authority import demo
 from authority.keys.jwk import public_jwk
 from authority.settings import TrustedIssuer
-from tests.conftest import Stack
-from tests.test_api import EXCHANGE, STAFF, assert_problem, mint
-from tests.test_forged import (
+from tests.helpers import (
+    DISCOVERY,
+    EXCHANGE,
+    INTROSPECT,
+    JWKS,
+    STAFF,
+    Stack,
+    assert_problem,
     b64,
     caller_claims,
     demo_header,
     forge,
     hs256,
-    kid_of,
+    kid_of_key,
+    mint,
     public_key_forms,
     real_signing_key,
     split,
     unsigned,
 )
-
-INTROSPECT = "/oauth2/introspect"
 
 
 @dataclass
@@ -115,7 +119,7 @@ def segments(*parts: bytes) -> str:
 
 
 def published(client: TestClient[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    return client.get("/.well-known/jwks.json").json()["keys"], client.get("/.well-known/openid-configuration").json()
+    return client.get(JWKS).json()["keys"], client.get(DISCOVERY).json()
 
 
 # --- 2.1 -----------------------------------------------------------------------------------------------------
@@ -193,7 +197,7 @@ def test_2_3_incorrect_composition_of_encryption_and_signature(target: Target) -
     target.refuses(
         (segments(json.dumps(jwe_header).encode(), b"", os.urandom(12), inner, os.urandom(16)), "invalid-token"),
         (target.raw(json.dumps({**nested, "alg": "none"}).encode(), inner, unsigned), "bad-signature"),
-        (target.raw(json.dumps({**nested, "kid": kid_of(attacker)}).encode(), inner, attacker.sign), "unknown-key"),
+        (target.raw(json.dumps({**nested, "kid": kid_of_key(attacker)}).encode(), inner, attacker.sign), "unknown-key"),
         (target.raw(json.dumps(nested).encode(), forged_inner), "invalid-token"),
     )
 
@@ -327,7 +331,7 @@ def test_2_7_substitution_attacks(client: TestClient[Any], stack: Stack, make_st
     exchange.refuses(
         (access, "wrong-token-type"),
         (exchange.sign(aud="portal-api"), "wrong-audience"),
-        (exchange.sign(aud="http://staging.authority.test/api/sys/users/exchange"), "wrong-audience"),
+        (exchange.sign(aud=f"http://staging.authority.test{EXCHANGE}"), "wrong-audience"),
         (elsewhere, "wrong-issuer"),
     )
     bearer = bearer_target(client, stack)
@@ -418,7 +422,7 @@ def test_2_9_indirect_attacks_on_the_server(target: Target, loopback: Loopback, 
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(public_key_forms(attacker.public_key())["raw"])}
     urls = {"jku": f"{loopback.url}/jwks.json", "x5u": f"{loopback.url}/cert.pem"}
     key_files = sorted(p.name for p in target.stack.keys_dir.rglob("*"))
-    self_signed = {"kid": kid_of(attacker), "jwk": jwk}
+    self_signed = {"kid": kid_of_key(attacker), "jwk": jwk}
     kids = [
         *KID_INJECTIONS,
         f"$(touch {tmp_path / 'pwned'})",

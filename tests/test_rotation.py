@@ -4,34 +4,33 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import jwt
 import msgspec
 import pytest
 import uvicorn
-from litestar import Litestar
-from litestar.testing import TestClient
 
 from authority.app import create_app
 from authority.embedded import free_port
-from authority.impersonation import Authority
-from tests.conftest import Stack
-from tests.test_api import EXCHANGE, STAFF
+from tests.helpers import (
+    EXCHANGE,
+    JWKS,
+    PREPUBLISH,
+    ROTATION,
+    STAFF,
+    Clock,
+    Stack,
+    in_app,
+    jwks,
+    kid_of,
+    mint_lasting,
+    running,
+)
 
-ROTATION, PREPUBLISH = 3600, 600
 RETENTION = 3600 + 10 + 300  # session max life + skew + grace
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -45,51 +44,23 @@ def rotating(make_stack: Callable[..., Stack]) -> Stack:
     )
 
 
-@contextmanager
-def running(app: Litestar) -> Iterator[tuple[TestClient[Litestar], Authority]]:
-    with TestClient(app) as client:
-        yield client, app.state.authority
-
-
-def in_app(client: TestClient[Litestar], step: Callable[[], Awaitable[Any]]) -> Any:
-    """Run ``step`` on the app's own event loop (its Redis connections live there)."""
-    return client.blocking_portal.call(step)
-
-
-def kid_of(token: str) -> str:
-    kid: str = jwt.get_unverified_header(token)["kid"]
-    return kid
-
-
-def mint(client: TestClient[Litestar], stack: Stack, coworker: int = 42) -> str:
-    bearer = stack.bearer("operator", "7", ttl=10 * ROTATION)  # outlives the test's clock jumps
-    response = client.get(STAFF, params={"coworkerId": coworker}, headers=bearer)
-    assert response.status_code == 200, response.text
-    token: str = response.json()["token"]
-    return token
-
-
-def jwks(client: TestClient[Litestar]) -> list[dict[str, Any]]:
-    keys: list[dict[str, Any]] = (client.get("/.well-known/jwks.json")).json()["keys"]
-    return keys
-
-
 def test_a_whole_rotation_never_leaves_a_token_unverifiable(rotating: Stack) -> None:
     clock = Clock()
     t0 = clock.now
     with running(create_app(rotating.settings, clock)) as (client, authority):
-        old_kid = authority.keyring.signer.kid if authority.keyring.signer else ""
-        session_before = (client.post(EXCHANGE, json={"token": mint(client, rotating)})).json()
+        signer = authority.keyring.signer_at(int(clock.now))
+        old_kid = signer.kid if signer else ""
+        session_before = (client.post(EXCHANGE, json={"token": mint_lasting(client, rotating)})).json()
         signing, new_kid = (k["kid"] for k in jwks(client))  # the signer, then the standby published from the start
-        assert (signing, kid_of(mint(client, rotating))) == (old_kid, old_kid)
+        assert (signing, kid_of(mint_lasting(client, rotating))) == (old_kid, old_kid)
 
         clock.now = t0 + ROTATION - 30
-        signed_before = mint(client, rotating)
+        signed_before = mint_lasting(client, rotating)
         clock.now = t0 + ROTATION
         in_app(client, authority.keys.tick)
         published = [k["kid"] for k in jwks(client)]
         assert (published[0], published[2]) == (new_kid, old_kid)  # active, a new standby, retiring
-        assert kid_of(mint(client, rotating)) == new_kid
+        assert kid_of(mint_lasting(client, rotating)) == new_kid
 
         exchanged = client.post(EXCHANGE, json={"token": signed_before})
         assert exchanged.status_code == 200, exchanged.text
@@ -124,7 +95,7 @@ def test_pending_key_is_published_at_least_prepublish_before_it_signs(rotating: 
             in_app(client, authority.keys.tick)
             for key in jwks(client):
                 first_published.setdefault(key["kid"], clock.now)
-            first_signed.setdefault(kid_of(mint(client, rotating)), clock.now)
+            first_signed.setdefault(kid_of(mint_lasting(client, rotating)), clock.now)
     assert len(first_signed) == 3  # the first key and two successors
     later = [kid for kid in first_signed if first_signed[kid] > t0]
     assert len(later) == 2
@@ -140,9 +111,9 @@ def test_two_replicas_share_one_key_set_and_only_one_rotates(make_stack: Callabl
         assert len(in_app(c1, a1.keys.store.load)) == 2  # both started; one first key and its standby
         in_app(c1, a1.keys.refresh)
         in_app(c2, a2.keys.refresh)
-        assert (c1.get("/.well-known/jwks.json")).content == (c2.get("/.well-known/jwks.json")).content
+        assert (c1.get(JWKS)).content == (c2.get(JWKS)).content
 
-        token = mint(c1, stack)
+        token = mint_lasting(c1, stack)
         assert (c2.post(EXCHANGE, json={"token": token})).status_code == 200
         assert (c1.post(EXCHANGE, json={"token": token})).status_code == 401
 
@@ -152,23 +123,23 @@ def test_two_replicas_share_one_key_set_and_only_one_rotates(make_stack: Callabl
         assert len(in_app(c1, a1.keys.store.load)) == 3  # exactly one new standby, whoever made it
         in_app(c1, a1.keys.refresh)
         in_app(c2, a2.keys.refresh)
-        assert (c1.get("/.well-known/jwks.json")).content == (c2.get("/.well-known/jwks.json")).content
+        assert (c1.get(JWKS)).content == (c2.get(JWKS)).content
 
-        token = mint(c2, stack)
+        token = mint_lasting(c2, stack)
         assert (c1.post(EXCHANGE, json={"token": token})).status_code == 200
 
 
 def test_emergency_retire_refuses_its_tokens_at_once(rotating: Stack) -> None:
     clock = Clock()
     with running(create_app(rotating.settings, clock)) as (client, authority):
-        token = mint(client, rotating)
+        token = mint_lasting(client, rotating)
         compromised = kid_of(token)
         in_app(client, lambda: authority.keys.retire(compromised))
         assert compromised not in [k["kid"] for k in jwks(client)]
         refused = client.post(EXCHANGE, json={"token": token})
         assert refused.status_code == 401
         assert refused.json()["type"] == "urn:authority:problem:unknown-key"
-        fresh = mint(client, rotating)
+        fresh = mint_lasting(client, rotating)
         assert kid_of(fresh) != compromised
         assert (client.post(EXCHANGE, json={"token": fresh})).status_code == 200
 
@@ -180,7 +151,7 @@ def test_other_algorithms_pass_the_core_flow(make_stack: Callable[..., Stack], a
         key, standby = jwks(client)
         assert (key["kty"], key["alg"], key["use"]) == (kty, alg, "sig")
         assert (standby["kty"], standby["alg"]) == (kty, alg)
-        token = mint(client, stack)
+        token = mint_lasting(client, stack)
         assert jwt.get_unverified_header(token)["alg"] == alg
         session = client.post(EXCHANGE, json={"token": token})
         assert session.status_code == 200
@@ -195,7 +166,7 @@ def test_a_token_resigned_with_another_alg_under_the_same_kid_is_refused(
 
     stack = make_stack(key_alg="ES256")
     with running(create_app(stack.settings)) as (client, _):
-        token = mint(client, stack)
+        token = mint_lasting(client, stack)
         claims = jwt.decode(token, options={"verify_signature": False})
         kid = kid_of(token)
         forgeries = [
@@ -236,7 +207,7 @@ def test_an_unmodified_pyjwkclient_verifies_across_a_rotation(served: tuple[str,
 
     base, clock, stack = served
     # Test time is compressed: the client's JWKS cache lives 1 s here, as max-age (<= pre-publish) does in production.
-    client = jwt.PyJWKClient(f"{base}/.well-known/jwks.json", lifespan=1)
+    client = jwt.PyJWKClient(f"{base}{JWKS}", lifespan=1)
 
     def session() -> str:
         bearer = stack.bearer("operator", "7", ttl=10 * ROTATION)
@@ -258,7 +229,7 @@ def test_an_unmodified_pyjwkclient_verifies_across_a_rotation(served: tuple[str,
     before = session()
     assert verify(before)["sub"] == "42"  # the client fetched the JWKS: the signer and its standby
     first_kid = kid_of(before)
-    assert len(httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]) == 2
+    assert len(httpx.get(f"{base}{JWKS}").json()["keys"]) == 2
     clock.now += ROTATION  # the standby signs now, and the background task publishes the next standby
     deadline = time.monotonic() + 10
     while (after := session()) and kid_of(after) == first_kid:

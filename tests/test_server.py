@@ -19,7 +19,7 @@ import jwt
 import pytest
 
 from authority.embedded import free_port
-from tests.conftest import wait_until_ready
+from tests.helpers import DISCOVERY, EXCHANGE, JWKS, READYZ, STAFF, team, wait_until_ready
 
 CLI = [str(Path(sys.executable).with_name("authority"))]
 
@@ -53,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         [*CLI, "serve", "--demo", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}"
-    wait_until_ready(f"{base}/readyz", process)
+    wait_until_ready(f"{base}{READYZ}", process)
     yield Server(base, cwd, env, process)
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -61,45 +61,43 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_readme_walkthrough_on_a_real_server(server: Server) -> None:
     operator = {"Authorization": f"Bearer {server.dev_token('--role', 'operator', '--sub', '7', '--location', '1')}"}
-    minted = httpx.get(f"{server.base}/api/sys/users/impersonate", params={"coworkerId": 42}, headers=operator)
+    minted = httpx.get(f"{server.base}{STAFF}", params={"coworkerId": 42}, headers=operator)
     assert minted.status_code == 200, minted.text
     token = minted.json()["token"]
 
-    session = httpx.post(f"{server.base}/api/sys/users/exchange", json={"token": token})
+    session = httpx.post(f"{server.base}{EXCHANGE}", json={"token": token})
     assert session.status_code == 200, session.text
-    replay = httpx.post(f"{server.base}/api/sys/users/exchange", json={"token": token})
+    replay = httpx.post(f"{server.base}{EXCHANGE}", json={"token": token})
     assert replay.status_code == 401
     assert replay.json()["type"] == "urn:authority:problem:token-replayed"
 
     access = session.json()["access_token"]
-    signing_key = jwt.PyJWKClient(f"{server.base}/.well-known/jwks.json").get_signing_key_from_jwt(access)
+    signing_key = jwt.PyJWKClient(f"{server.base}{JWKS}").get_signing_key_from_jwt(access)
     claims = jwt.decode(access, signing_key, algorithms=["ES256"], audience="portal-api", issuer=server.base)
     assert claims["sub"] == "42"
     assert claims["act"] == {"sub": "7", "role": "operator", "iss": "urn:authority:demo-issuer"}
     assert claims["sid"] == session.json()["session_id"]
 
-    discovery = httpx.get(f"{server.base}/.well-known/openid-configuration").json()
-    assert discovery["jwks_uri"] == f"{server.base}/.well-known/jwks.json"
+    discovery = httpx.get(f"{server.base}{DISCOVERY}").json()
+    assert discovery["jwks_uri"] == f"{server.base}{JWKS}"
 
 
 def test_team_admin_and_customer_on_a_real_server(server: Server) -> None:
     admin = {"Authorization": f"Bearer {server.dev_token('--role', 'team-admin', '--sub', '5', '--location', '1')}"}
-    assert httpx.get(f"{server.base}/api/public/coworkers/43/impersonate", headers=admin).status_code == 200
-    assert httpx.get(f"{server.base}/api/public/coworkers/99/impersonate", headers=admin).status_code == 404
+    assert httpx.get(f"{server.base}{team(43)}", headers=admin).status_code == 200
+    assert httpx.get(f"{server.base}{team(99)}", headers=admin).status_code == 404
     customer = {"Authorization": f"Bearer {server.dev_token('--role', 'customer', '--sub', '42', '--location', '1')}"}
-    refused = httpx.get(f"{server.base}/api/sys/users/impersonate", params={"coworkerId": 43}, headers=customer)
+    refused = httpx.get(f"{server.base}{STAFF}", params={"coworkerId": 43}, headers=customer)
     assert refused.status_code == 401
 
 
 def test_concurrent_exchanges_over_http_yield_one_session(server: Server) -> None:
     operator = {"Authorization": f"Bearer {server.dev_token('--role', 'admin', '--sub', '1', '--location', '1')}"}
-    token = httpx.get(f"{server.base}/api/sys/users/impersonate", params={"coworkerId": 99}, headers=operator).json()[
-        "token"
-    ]
+    token = httpx.get(f"{server.base}{STAFF}", params={"coworkerId": 99}, headers=operator).json()["token"]
     with ThreadPoolExecutor(max_workers=20) as pool:
         statuses = list(
             pool.map(
-                lambda _: httpx.post(f"{server.base}/api/sys/users/exchange", json={"token": token}).status_code,
+                lambda _: httpx.post(f"{server.base}{EXCHANGE}", json={"token": token}).status_code,
                 range(20),
             )
         )
@@ -128,7 +126,7 @@ def test_stopping_the_server_stops_its_embedded_redis(tmp_path: Path) -> None:
     match = re.search(r"redis://127\.0\.0\.1:(\d+)", line)
     assert match, line
     redis_port = int(match.group(1))
-    wait_until_ready(f"http://127.0.0.1:{port}/readyz", process)
+    wait_until_ready(f"http://127.0.0.1:{port}{READYZ}", process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", redis_port), timeout=1):

@@ -10,14 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
 from authority.app import create_app
-from tests.conftest import Stack
-from tests.test_api import EXCHANGE, STAFF, assert_problem, mint
-
-INTROSPECT = "/oauth2/introspect"
-
-
-def revoke_path(sid: str) -> str:
-    return f"/api/sys/sessions/{sid}/revoke"
+from tests.helpers import EXCHANGE, INTROSPECT, STAFF, Stack, assert_problem, direct_redis, mint, revoke, team
 
 
 def introspect(client: TestClient[Any], stack: Stack, token: str) -> dict[str, Any]:
@@ -32,7 +25,7 @@ def session(client: TestClient[Any], stack: Stack, coworker: int = 42, team_admi
     """An exchanged session for ``coworker``, minted by operator 7, or by ``team_admin`` on the public path."""
     if team_admin:
         bearer = stack.bearer("team-admin", team_admin)
-        token = client.get(f"/api/public/coworkers/{coworker}/impersonate", headers=bearer).json()["token"]
+        token = client.get(team(coworker), headers=bearer).json()["token"]
     else:
         token = mint(client, stack, coworker)
     response = client.post(EXCHANGE, json={"token": token})
@@ -77,10 +70,8 @@ def test_introspection_of_an_impersonation_token_is_inactive(client: TestClient[
 
 def test_a_session_lost_from_redis_introspects_inactive(client: TestClient[Any], stack: Stack) -> None:
     s = session(client, stack)
-    authority = client.app.state.authority
-    client.blocking_portal.call(
-        authority.allowlist._redis.delete, f"{stack.settings.redis_prefix}jti:{s['session_id']}"
-    )
+    with direct_redis(stack) as direct:
+        direct.delete(f"{stack.settings.redis_prefix}jti:{s['session_id']}")
     assert introspect(client, stack, s["access_token"]) == {"active": False}
 
 
@@ -100,17 +91,17 @@ def test_introspection_400_for_a_malformed_form(client: TestClient[Any], stack: 
 
 def test_operator_of_the_location_revokes(client: TestClient[Any], stack: Stack) -> None:
     s = session(client, stack)
-    response = client.post(revoke_path(s["session_id"]), headers=stack.bearer("admin", "3"))
+    response = client.post(revoke(s["session_id"]), headers=stack.bearer("admin", "3"))
     assert response.status_code == 200
     assert response.json() == {"session_id": s["session_id"], "revoked": True}
     assert introspect(client, stack, s["access_token"]) == {"active": False}
-    again = client.post(revoke_path(s["session_id"]), headers=stack.bearer("admin", "3"))
+    again = client.post(revoke(s["session_id"]), headers=stack.bearer("admin", "3"))
     assert again.status_code == 200  # idempotent
 
 
 def test_the_impersonator_revokes_their_own_session(client: TestClient[Any], stack: Stack) -> None:
     s = session(client, stack, 43, team_admin="5")
-    assert client.post(revoke_path(s["session_id"]), headers=stack.bearer("team-admin", "5")).status_code == 200
+    assert client.post(revoke(s["session_id"]), headers=stack.bearer("team-admin", "5")).status_code == 200
     assert introspect(client, stack, s["access_token"]) == {"active": False}
 
 
@@ -122,25 +113,25 @@ def test_others_cannot_revoke_and_learn_nothing(
     client: TestClient[Any], stack: Stack, role: str, sub: str, location: str
 ) -> None:
     s = session(client, stack)  # minted by operator 7 in location 1
-    response = client.post(revoke_path(s["session_id"]), headers=stack.bearer(role, sub, location))
+    response = client.post(revoke(s["session_id"]), headers=stack.bearer(role, sub, location))
     assert_problem(response, 404, "session-not-found")
     assert introspect(client, stack, s["access_token"])["active"] is True
 
 
 def test_revoking_unknown_or_unexchanged_sessions_is_404(client: TestClient[Any], stack: Stack) -> None:
     operator = stack.bearer("operator", "7")
-    assert_problem(client.post(revoke_path("A" * 22), headers=operator), 404, "session-not-found")
+    assert_problem(client.post(revoke("A" * 22), headers=operator), 404, "session-not-found")
     token = mint(client, stack)
     import jwt  # noqa: PLC0415
 
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    assert_problem(client.post(revoke_path(jti), headers=operator), 404, "session-not-found")
+    assert_problem(client.post(revoke(jti), headers=operator), 404, "session-not-found")
     assert client.post(EXCHANGE, json={"token": token}).status_code == 200  # the token itself is untouched
 
 
 @pytest.mark.parametrize("sid", ["short", "has space", "a" * 65, "..%2F..%2Fetc"])
 def test_revoke_rejects_malformed_session_ids(client: TestClient[Any], stack: Stack, sid: str) -> None:
-    response = client.post(revoke_path(sid), headers=stack.bearer("operator", "7"))
+    response = client.post(revoke(sid), headers=stack.bearer("operator", "7"))
     assert 400 <= response.status_code < 500
     assert response.headers["content-type"].startswith("application/problem+json")
 
@@ -148,7 +139,7 @@ def test_revoke_rejects_malformed_session_ids(client: TestClient[Any], stack: St
 def test_an_impersonated_session_cannot_revoke(client: TestClient[Any], stack: Stack) -> None:
     s = session(client, stack)
     nested = {"Authorization": f"Bearer {s['access_token']}"}
-    assert_problem(client.post(revoke_path(s["session_id"]), headers=nested), 403, "nested-impersonation")
+    assert_problem(client.post(revoke(s["session_id"]), headers=nested), 403, "nested-impersonation")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from authority.app import create_app
 from authority.keys import FileKeyStore, KeyStoreError
 from authority.keys.keyring import new_record
 from authority.settings import Settings, SettingsError, TrustedIssuer, load
-from tests.conftest import PASSPHRASE
+from tests.helpers import EXCHANGE, PASSPHRASE
 
 
 def issuer(**fields: Any) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def test_defaults() -> None:
     assert (s.clock_skew_s, s.jwks_max_age_s, s.session_audience) == (10, 300, "portal-api")
     assert s.trusted_issuers == []
     assert s.public_issuer == "http://127.0.0.1:8000"
-    assert s.exchange_audience == "http://127.0.0.1:8000/api/sys/users/exchange"
+    assert s.exchange_audience == f"http://127.0.0.1:8000{EXCHANGE}"
 
 
 def test_values_are_parsed_from_strings() -> None:

@@ -27,7 +27,7 @@ from jwt.algorithms import ECAlgorithm
 from litestar.testing import TestClient
 
 from authority import demo
-from authority.callers import Trust
+from authority.authn import Authenticator
 from authority.settings import TrustedIssuer
 from authority.tokens import (
     IMPERSONATION_TYP,
@@ -38,9 +38,20 @@ from authority.tokens import (
     verify_impersonation,
     verify_signature,
 )
-from tests.conftest import Stack
-from tests.test_api import EXCHANGE, STAFF, assert_problem, mint
-from tests.test_forged import authority_of, b64, caller_claims, demo_header, split, unb64
+from tests.helpers import (
+    EXCHANGE,
+    STAFF,
+    Signer,
+    Stack,
+    assert_problem,
+    authority_of,
+    b64,
+    caller_claims,
+    demo_header,
+    mint,
+    split,
+    unb64,
+)
 
 ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
 # Group orders of P-256 and P-384 (SEC 2, sections 2.4.2 and 2.5.1), written here independently of the service.
@@ -52,7 +63,6 @@ CURVES: dict[str, tuple[hashes.HashAlgorithm, int, int]] = {
         48,
     ),
 }
-Signer = Callable[[bytes], bytes]
 
 
 def respellings(segment: str) -> list[str]:
@@ -112,7 +122,7 @@ def respelled_signatures(token: str) -> list[str]:
 
 def signer_of(client: TestClient[Any]) -> Signer:
     """The authority's active key, signing as it does (low S for ECDSA)."""
-    signer = authority_of(client).keyring.signer
+    signer = authority_of(client).keyring.signer_at(int(time.time()))
     assert signer is not None
     key = signer.private
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -130,8 +140,8 @@ def present(client: TestClient[Any], token: str) -> Any:
 
 
 def remembered(client: TestClient[Any]) -> set[str]:
-    trust: Trust = client.app.state.trust
-    return set(trust._verified)
+    authenticator: Authenticator = client.app.state.services.authenticator
+    return set(authenticator.remembered())
 
 
 @pytest.fixture(params=["EdDSA", "ES256"])
@@ -178,7 +188,7 @@ def test_high_s_twin_of_our_es256_token_is_refused(make_stack: Callable[..., Sta
     stack = make_stack(key_alg="ES256")
     with stack.client() as client:
         token = mint(client, stack)
-        key = authority_of(client).keyring.signer
+        key = authority_of(client).keyring.signer_at(int(time.time()))
         assert key is not None
         assert isinstance(key.private, ec.EllipticCurvePrivateKey)
         for other in (high_s_twin(key.private, token), s_beyond_the_order(token)):
@@ -191,7 +201,7 @@ def test_our_es256_signatures_are_all_low_s_and_verify(make_stack: Callable[...,
     stack = make_stack(key_alg="ES256")
     with stack.client() as client:
         authority = authority_of(client)
-    s, key, keyring = stack.settings, authority.keyring.signer, authority.keyring
+    s, key, keyring = stack.settings, authority.keyring.signer_at(int(time.time())), authority.keyring
     assert key is not None
     assert isinstance(key.private, ec.EllipticCurvePrivateKey)
     _, order, size = CURVES["secp256r1"]

@@ -18,8 +18,7 @@ import redis
 from authority.connection import parse_sentinel_url
 from authority.embedded import EmbeddedRedis, free_port, server_binary
 from authority.replay import MAX_REPLICA_LAG_S
-from tests.conftest import Stack, decode_unverified
-from tests.test_api import EXCHANGE, STAFF
+from tests.helpers import EXCHANGE, INTROSPECT, READYZ, STAFF, Stack, decode_unverified, revoke
 
 NOT_SPENT = "the token was not spent"  # what a 503 says when the exchange was refused before consuming
 
@@ -36,11 +35,9 @@ def core_flow(stack: Stack) -> None:
         session = client.post(EXCHANGE, json={"token": token})
         assert session.status_code == 200, session.text
         assert client.post(EXCHANGE, json={"token": token}).json()["type"] == "urn:authority:problem:token-replayed"
-        introspected = client.post(
-            "/oauth2/introspect", data={"token": session.json()["access_token"]}, headers=operator
-        )
+        introspected = client.post(INTROSPECT, data={"token": session.json()["access_token"]}, headers=operator)
         assert introspected.json() == {"active": False}  # revoked by the replay
-        assert client.get("/readyz").status_code == 200
+        assert client.get(READYZ).status_code == 200
 
 
 def wait_until(check: Callable[[], bool], seconds: float = 20, what: str = "condition") -> None:
@@ -366,9 +363,9 @@ def test_without_the_replicas_asked_for_an_exchange_spends_nothing(
 
             with stack.client(redis_min_replicas=0) as lowered:  # the requirement lowered: the token still works
                 sid = lowered.post(EXCHANGE, json={"token": first}).json()["session_id"]
-            revoke = client.post(f"/api/sys/sessions/{sid}/revoke", headers=operator)
-            assert revoke.status_code == 503, revoke.text
-            assert "revoked on the primary only" in revoke.json()["detail"]
+            revoked = client.post(revoke(sid), headers=operator)
+            assert revoked.status_code == 503, revoked.text
+            assert "revoked on the primary only" in revoked.json()["detail"]
             assert _states(primary.port, prefix, [first]) == {first: b"revoked"}  # applied all the same
 
             replica_options = ["--replicaof", "127.0.0.1", str(primary.port)]
@@ -376,8 +373,8 @@ def test_without_the_replicas_asked_for_an_exchange_spends_nothing(
                 wait_until(lambda: _online_replicas(primary.port) >= 1, what="the replica online")
                 session = client.post(EXCHANGE, json={"token": second})
                 assert session.status_code == 200, session.text
-                revoke = client.post(f"/api/sys/sessions/{session.json()['session_id']}/revoke", headers=operator)
-                assert revoke.status_code == 200, revoke.text
+                revoked = client.post(revoke(session.json()["session_id"]), headers=operator)
+                assert revoked.status_code == 200, revoked.text
                 replay = client.post(EXCHANGE, json={"token": second})
                 assert replay.json()["type"] == "urn:authority:problem:token-replayed"
 
@@ -522,7 +519,7 @@ def test_an_unreachable_cluster_is_503_not_500(make_stack: Callable[..., Stack],
         response = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7"))
         assert response.status_code == 503
         assert client.post(EXCHANGE, json={"token": "a.b.c"}).status_code in (401, 503)
-        assert client.get("/readyz").status_code == 503
+        assert client.get(READYZ).status_code == 503
 
 
 def tls_binary() -> str | None:

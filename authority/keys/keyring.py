@@ -53,12 +53,6 @@ class Keyring:
         object.__setattr__(self, "jwks", body)
         object.__setattr__(self, "etag", f'"{hashlib.sha256(body).hexdigest()[:32]}"')
 
-    @property
-    def signer(self) -> LoadedKey | None:
-        """The signer as of when this keyring was built (for listings; the service asks ``signer_at``)."""
-        active = [k for k in self.keys if k.state == "active"]
-        return max(active, key=lambda k: k.record.activates_at) if active else None
-
     def signer_at(self, now: int) -> LoadedKey | None:
         """The key that signs *now*, judged from its times: a replica whose refresh is late neither signs with a
         key past its term nor misses the activation of a key it already publishes."""

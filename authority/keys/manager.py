@@ -19,6 +19,7 @@ from authority.keys.lock import Lease, RotationLock
 from authority.keys.notices import KeyNotices
 from authority.keys.sealing import KeyStoreError
 from authority.refusals import UnknownKey
+from authority.settings import SettingsError
 
 logger = logging.getLogger("authority.keys")
 T = TypeVar("T")
@@ -50,25 +51,26 @@ class KeyManager:
         passphrase: str | None,
         demo: bool,
         schedule: Schedule,
+        refresh_s: float,
         clock: Callable[[], float],
         audit: AuditLog,
     ) -> None:
         if not passphrase and not demo:
-            raise KeyStoreError("AUTHORITY_KEY_PASSPHRASE is required outside --demo: private keys are encrypted")
+            # The one check of it: every key this process makes or reads goes through here.
+            raise SettingsError("AUTHORITY_KEY_PASSPHRASE is required outside --demo: private keys are encrypted")
         self.store = store
         self.lock = lock
         self.notices = notices
         self.audit = audit
         self.alg = alg
         self.schedule = schedule
+        self.refresh_s = refresh_s  # how often the records are re-read, and the schedule run
         self.clock = clock
         self._passphrase = passphrase
         self._demo = demo
         self._private: dict[str, PrivateKey] = {}  # unsealing is slow (KDF): once per key per process
-        self.records: list[KeyRecord] = []
         self.keyring = Keyring(())
         self.refreshed_at: int | None = None
-        self.interval_s = 2.0
         self._reread_lock = asyncio.Lock()
         self._next_reread = 0.0
 
@@ -86,14 +88,13 @@ class KeyManager:
 
     def fresh(self, now: int) -> bool:
         """Whether the records were read lately: a replica that cannot read them should not take traffic."""
-        return self.refreshed_at is not None and now - self.refreshed_at <= max(10, 3 * self.interval_s)
+        return self.refreshed_at is not None and now - self.refreshed_at <= max(10, 3 * self.refresh_s)
 
     async def _install(self, records: list[KeyRecord], now: int) -> None:
         published = [r for r in records if state(r, now) != "removed"]
         keys = Keyring(tuple([await self._loaded(r, now) for r in published]))
         if [(k.record, k.state) for k in keys.keys] != [(k.record, k.state) for k in self.keyring.keys]:
             self.keyring = keys
-        self.records = records
         self.refreshed_at = now
         live = {r.kid for r in published}
         self._private = {kid: key for kid, key in self._private.items() if kid in live}
@@ -213,18 +214,17 @@ class KeyManager:
             lambda records, now: revoke(records, kid, now, self.schedule, alg=self.alg), "emergency", wait_s
         )
 
-    async def run(self, interval_s: float) -> None:
-        """Background loop: keep ticking; a failed round (Redis down) is logged once with its cause, retried every
-        round, never fatal; readiness says the rest (``fresh``)."""
-        self.interval_s = interval_s
+    async def run(self) -> None:
+        """Background loop: a round every ``refresh_s``; a failed round (Redis down) is logged once with its cause,
+        retried every round, never fatal; readiness says the rest (``fresh``)."""
         failing = False
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(self.refresh_s)
             try:
                 await self.tick()
             except Exception:
                 if not failing:
-                    logger.exception("key rounds failing; retrying every %s s until they succeed", interval_s)
+                    logger.exception("key rounds failing; retrying every %s s until they succeed", self.refresh_s)
                 failing = True
             else:
                 if failing:

@@ -1,5 +1,6 @@
-"""Who is calling: bearer tokens from trusted issuers (the portal's sign-in), verified strictly, and the rules
-that say which callers may mint.
+"""Who is calling: bearer tokens from trusted issuers (the portal's sign-in) and our own access tokens, verified
+strictly, and the middleware that puts the verified ``Caller`` on every request that needs one. What a caller may
+do is ``policy``'s.
 
 Our own access tokens are recognised too, so that an impersonated session presented back to us is told apart
 (403, no nested impersonation) rather than merely failing to verify.
@@ -17,34 +18,26 @@ from typing import Any, TypeGuard
 import anyio.to_thread
 import jwt
 import msgspec
+from litestar.connection import ASGIConnection
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.types import ASGIApp
 
 from authority.keys import KeyManager
-from authority.refusals import (
-    CustomerSession,
-    Forbidden,
-    InvalidToken,
-    NestedImpersonation,
-    Unauthenticated,
-    Unavailable,
-)
+from authority.refusals import InvalidToken, Unauthenticated, Unavailable
 from authority.settings import Settings, TrustedIssuer
 from authority.tokens import (
     IMPERSONATION_TYP,
-    check_times,
     low_s_spelling,
     read_header,
     segment_bytes,
     strict_json,
     typ_matches,
     verify_access,
-    verify_signature,
 )
 
-STAFF_ROLES = frozenset({"admin", "operator"})
 REMEMBER_S = 60
 ID = re.compile(r"[1-9][0-9]{0,17}")  # a coworker id, wherever it comes from: ASCII digits, no sign or zero
 REMEMBER_MAX = 10_000
-CUSTOMER_ROLE = "customer"
 
 
 class Caller(msgspec.Struct, frozen=True):
@@ -109,14 +102,22 @@ class JwksSource:
             raise Unavailable("the caller's identity provider serves an unusable key set") from None
 
 
-class Trust:
+class Authenticator:
     """Verifies bearer tokens from the configured issuers and from ourselves."""
 
-    def __init__(self, settings: Settings, keys: Callable[[], KeyManager]) -> None:
+    def __init__(self, settings: Settings, keys: KeyManager, clock: Callable[[], float]) -> None:
         self._settings = settings
         self._keys = keys
+        self._clock = clock
         self._issuers = {i.issuer: (i, JwksSource(i, settings.jwks_fetch_timeout_s)) for i in settings.trusted_issuers}
         self._verified: OrderedDict[str, tuple[Caller, int]] = OrderedDict()
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    def remembered(self) -> frozenset[str]:
+        """The bearers whose verification is remembered, as spelled when stored: one entry per token."""
+        return frozenset(self._verified)
 
     async def authenticate(self, authorization: str | None, now: int) -> Caller:
         """The verified caller. A successful verification is remembered for the exact token string, until its
@@ -150,7 +151,7 @@ class Trust:
     async def _own_session(self, token: str, now: int) -> Caller:
         """One of our own access tokens: always an impersonated session (it carries ``act``)."""
         s = self._settings
-        claims = await self._keys().verified(
+        claims = await self._keys.verified(
             lambda keyring: verify_access(
                 token, keyring, issuer=s.public_issuer, audience=s.session_audience, now=now,
                 leeway=s.clock_skew_s, max_life=s.session_max_ttl_s,
@@ -172,13 +173,32 @@ class Trust:
         alg = jwk.algorithm_name
         if alg not in config.algorithms:
             raise Unauthenticated(f"alg {alg!r} is not accepted from this issuer")
-        payload = verify_signature(token, jwk.key, alg, header)
-        claims = strict_json(payload, dict[str, Any])
-        return caller_from_claims(claims, config, now, self._settings.clock_skew_s)
+        # The strict pre-checks are done (one spelling, no repeated name, UTF-8): PyJWT checks the rest.
+        strict_json(segment_bytes(token.split(".")[1]))
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                jwk.key,
+                algorithms=[alg],
+                audience=config.audiences,
+                issuer=config.issuer,
+                leeway=self._settings.clock_skew_s,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"bearer token refused: {exc}") from None
+        # PyJWT reads a numeric string as a date; RFC 7519 section 2 does not.
+        if not all(_is_number(claims[name]) for name in ("exp", "nbf", "iat") if name in claims):
+            raise Unauthenticated("bearer token refused: exp, nbf and iat must be NumericDates")
+        return caller_of(claims, config)
 
 
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _int_claim(claims: Mapping[str, Any], name: str) -> int | None:
@@ -191,31 +211,8 @@ def _int_claim(claims: Mapping[str, Any], name: str) -> int | None:
     return None
 
 
-def _numeric_date(value: object) -> int | None:
-    """RFC 7519 NumericDate: an integer or a finite non-integer number of seconds (floored); not a bool."""
-    if _is_int(value):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return math.floor(value)
-    return None
-
-
-def caller_from_claims(claims: Mapping[str, Any], config: TrustedIssuer, now: int, leeway: int) -> Caller:
-    """Strict checks of a verified trusted-issuer payload: iss, aud, exp required; nbf and iat if present."""
-    if claims.get("iss") != config.issuer:
-        raise Unauthenticated("bearer iss does not match")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-    if not set(config.audiences).intersection(a for a in audiences if isinstance(a, str)):
-        raise Unauthenticated("bearer token is for another audience")
-    exp, iat = _numeric_date(claims.get("exp")), _numeric_date(claims.get("iat", 0))
-    nbf = None if claims.get("nbf") is None else _numeric_date(claims.get("nbf"))
-    if exp is None or iat is None or (nbf is None and claims.get("nbf") is not None):
-        raise Unauthenticated("bearer exp is required; exp, nbf and iat must be numeric dates")
-    try:
-        check_times(iat=iat, nbf=nbf, exp=exp, now=now, leeway=leeway, max_life=exp - iat)
-    except InvalidToken as exc:
-        raise Unauthenticated(f"bearer token refused: {exc.detail}") from None
+def caller_of(claims: Mapping[str, Any], config: TrustedIssuer) -> Caller:
+    """The caller a verified, validated trusted-issuer payload names, by the issuer's claim names."""
     subject = claims.get("sub")
     role, location = claims.get(config.role_claim), claims.get(config.location_claim)
     return Caller(
@@ -225,32 +222,19 @@ def caller_from_claims(claims: Mapping[str, Any], config: TrustedIssuer, now: in
         location=str(location) if isinstance(location, str | int) and not isinstance(location, bool) else None,
         coworker_id=_int_claim(claims, config.coworker_claim),
         impersonated="act" in claims,
-        expires_at=exp,
+        expires_at=math.floor(claims["exp"]),
     )
 
 
-def require_unimpersonated(caller: Caller) -> None:
-    if caller.impersonated:
-        raise NestedImpersonation("an impersonated session cannot impersonate, revoke or introspect")
+class BearerAuth(AbstractAuthenticationMiddleware):
+    """Verifies the caller's bearer before any parameter is read: an unauthenticated caller learns nothing. Every
+    route needs one but those marked ``exclude_from_auth`` (public documents, probes) and the framework's own."""
 
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, exclude: list[str]) -> None:
+        super().__init__(app, exclude=exclude)
+        self.authenticator = authenticator
 
-def require_staff(caller: Caller) -> str:
-    """The location an admin or operator may impersonate in; customers get 401, as the portal documents."""
-    require_unimpersonated(caller)
-    if caller.role == CUSTOMER_ROLE:
-        raise CustomerSession("customer sessions cannot use the staff impersonation endpoint")
-    if caller.role not in STAFF_ROLES:
-        raise Forbidden("admin or operator role required")
-    if not caller.location or not caller.subject:
-        raise Forbidden("the caller's token names no location or subject")
-    return caller.location
-
-
-def require_member(caller: Caller) -> tuple[str, int]:
-    """Location and coworker id of a customer who may act as a team admin (the directory decides the rest)."""
-    require_unimpersonated(caller)
-    if caller.role != CUSTOMER_ROLE:
-        raise Forbidden("team-admin impersonation is for members; staff use /api/sys/users/impersonate")
-    if not caller.location or caller.coworker_id is None:
-        raise Forbidden("the caller's token names no location or coworker id")
-    return caller.location, caller.coworker_id
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        authorization = connection.headers.get("authorization")
+        caller = await self.authenticator.authenticate(authorization, self.authenticator.now())
+        return AuthenticationResult(user=caller, auth=None)

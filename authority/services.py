@@ -1,0 +1,161 @@
+"""The composition root: every service built once, from the settings, in one place that the app, the command line
+and the benchmark all call. Nothing else constructs a service; routes receive what they need by dependency
+injection, background work is started and stopped here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from redis.asyncio import Redis
+
+from authority.audit import AuditLog
+from authority.authn import Authenticator
+from authority.background import stop
+from authority.connection import REDIS_ERRORS, connect_redis
+from authority.directory import DEMO_DIRECTORY, Directory, FileDirectory
+from authority.impersonation import Authority
+from authority.keys import (
+    FileKeyStore,
+    KeyManager,
+    KeyNotices,
+    KeyStore,
+    KeyStoreError,
+    RedisKeyStore,
+    RotationLock,
+    Schedule,
+)
+from authority.keys.keyring import unseal_record
+from authority.limits import MintLimiter
+from authority.refusals import Unavailable
+from authority.replay import Allowlist
+from authority.settings import Settings, SettingsError
+
+logger = logging.getLogger("authority")
+START_WAIT_S = 65  # the rotation lock's lifetime and a margin: a sibling that died holding it has let go by then
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Callable[[], float]
+    redis: Redis
+    audit: AuditLog
+    keys: KeyManager
+    allowlist: Allowlist
+    authority: Authority
+    authenticator: Authenticator
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Before the first request: the audit writer, this process's signer, the key schedule and announcements."""
+        self.audit.start()
+        try:
+            await self.keys.start(START_WAIT_S)
+        except REDIS_ERRORS as exc:  # with Redis down, serve what local key files hold; readiness tells the rest
+            logger.warning("key schedule not run at start (%s); retrying in the background", type(exc).__name__)
+            with contextlib.suppress(*REDIS_ERRORS, KeyStoreError):
+                await self.keys.refresh()
+        except BaseException:
+            await self.close()
+            raise
+        self._background = [
+            asyncio.create_task(self.keys.run()),
+            asyncio.create_task(self.keys.notices.listen(self.keys.refresh, self.keys.refresh_s)),
+        ]
+
+    async def close(self) -> None:
+        await stop(self._background)
+        await self.audit.close()
+        await self.redis.aclose()
+
+    async def ready(self) -> None:
+        """Readiness: a key signs now, the records were re-read lately, Redis answers; else 503 saying which."""
+        now = int(self.clock())
+        if self.keys.keyring.signer_at(now) is None:
+            raise Unavailable("no active signing key")
+        if not self.keys.fresh(now):
+            raise Unavailable("key records have not been re-read lately (see the logs)")
+        await self.allowlist.ping()
+
+
+def audit_stream(settings: Settings) -> str:
+    return f"{settings.redis_prefix}audit"
+
+
+def key_store(settings: Settings, redis: Redis) -> KeyStore:
+    if settings.key_store == "redis":
+        return RedisKeyStore(redis, settings.redis_prefix)
+    return FileKeyStore(settings.keys_path)
+
+
+def check(settings: Settings) -> None:
+    """Refuse, before listening, what would only fail later: missing production settings, unusable key files."""
+    if not settings.demo:
+        if not settings.trusted_issuers:
+            raise SettingsError("AUTHORITY_TRUSTED_ISSUERS is empty: no caller could ever mint")
+        if not settings.directory_file:
+            raise SettingsError("AUTHORITY_DIRECTORY_FILE is required outside --demo")
+    if settings.key_store == "file":
+        store = FileKeyStore(settings.keys_path)
+        for record in store.load_sync():
+            unseal_record(record, settings.key_passphrase, demo=settings.demo, source=str(store))
+
+
+def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: TextIO | None = sys.stderr) -> Services:
+    """Every service, wired: the one place where one is made."""
+    redis = connect_redis(settings)
+    audit = AuditLog(redis, audit_stream(settings), settings.audit_stream_maxlen, log=log)
+    keys = KeyManager(
+        key_store(settings, redis),
+        RotationLock(redis, settings.redis_prefix),
+        KeyNotices(redis, settings.redis_prefix),
+        alg=settings.key_alg,
+        passphrase=settings.key_passphrase,
+        demo=settings.demo,
+        schedule=Schedule(
+            settings.key_rotation_s,
+            settings.key_prepublish_s,
+            settings.key_retention_s,
+            # a record is served everywhere within one re-read, plus a second for the whole-second clock
+            serve_lag_s=math.ceil(settings.key_refresh_s) + 1,
+        ),
+        refresh_s=settings.key_refresh_s,
+        clock=clock,
+        audit=audit,
+    )
+    limiter = MintLimiter(
+        redis,
+        settings.redis_prefix,
+        per_actor=settings.mint_rate_per_actor,
+        per_location=settings.mint_rate_per_location,
+        window_s=settings.mint_rate_window_s,
+    )
+    allowlist = Allowlist(
+        redis,
+        settings.redis_prefix,
+        min_replicas=settings.redis_min_replicas,
+        replica_timeout_ms=settings.redis_replica_timeout_ms,
+    )
+    directory: Directory = FileDirectory(Path(settings.directory_file) if settings.directory_file else DEMO_DIRECTORY)
+    authority = Authority(
+        settings, keys=keys, allowlist=allowlist, limiter=limiter, directory=directory, audit=audit, clock=clock
+    )
+    return Services(
+        settings=settings,
+        clock=clock,
+        redis=redis,
+        audit=audit,
+        keys=keys,
+        allowlist=allowlist,
+        authority=authority,
+        authenticator=Authenticator(settings, keys, clock),
+    )
