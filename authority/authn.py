@@ -27,12 +27,12 @@ from authority.refusals import InvalidToken, Unauthenticated, Unavailable
 from authority.settings import Settings, TrustedIssuer
 from authority.tokens import (
     IMPERSONATION_TYP,
+    OwnTokens,
     low_s_spelling,
     read_header,
     segment_bytes,
     strict_json,
     typ_matches,
-    verify_access,
 )
 
 REMEMBER_S = 60
@@ -109,6 +109,7 @@ class Authenticator:
         self._settings = settings
         self._keys = keys
         self._clock = clock
+        self._own = OwnTokens.of(settings)
         self._issuers = {i.issuer: (i, JwksSource(i, settings.jwks_fetch_timeout_s)) for i in settings.trusted_issuers}
         self._verified: OrderedDict[str, tuple[Caller, int]] = OrderedDict()
 
@@ -150,13 +151,7 @@ class Authenticator:
 
     async def _own_session(self, token: str, now: int) -> Caller:
         """One of our own access tokens: always an impersonated session (it carries ``act``)."""
-        s = self._settings
-        claims = await self._keys.verified(
-            lambda keyring: verify_access(
-                token, keyring, issuer=s.public_issuer, audience=s.session_audience, now=now,
-                leeway=s.clock_skew_s, max_life=s.session_max_ttl_s,
-            )
-        )  # fmt: skip
+        claims = await self._keys.verified(lambda keyring: self._own.access(token, keyring, now))
         return Caller(claims.iss, claims.sub, None, claims.loc, None, impersonated=True, expires_at=claims.exp)
 
     async def _trusted(self, token: str, header: dict[str, Any], issuer: str, now: int) -> Caller:

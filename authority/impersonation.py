@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, NoReturn
 
 import msgspec
@@ -34,11 +35,10 @@ from authority.tokens import (
     ACCESS_TYP,
     IMPERSONATION_TYP,
     Actor,
+    OwnTokens,
     access_claims,
     impersonation_claims,
     sign,
-    verify_access,
-    verify_impersonation,
 )
 
 
@@ -85,25 +85,19 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+@dataclass
 class Authority:
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        keys: KeyManager,
-        allowlist: Allowlist,
-        limiter: MintLimiter,
-        directory: Directory,
-        audit: AuditLog,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.keys = keys
-        self.allowlist = allowlist
-        self.limiter = limiter
-        self.directory = directory
-        self.audit = audit
-        self.clock = clock
+    settings: Settings
+    keys: KeyManager
+    allowlist: Allowlist
+    limiter: MintLimiter
+    directory: Directory
+    audit: AuditLog
+    clock: Callable[[], float] = time.time
+    own: OwnTokens = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.own = OwnTokens.of(self.settings)
 
     @property
     def keyring(self) -> Keyring:
@@ -174,17 +168,7 @@ class Authority:
         opened (the refresh-token reuse rule): whoever holds a leaked token cannot keep a session alive with it."""
         s = self.settings
         now = int(self.clock())
-        grant = await self.keys.verified(
-            lambda keyring: verify_impersonation(
-                token,
-                keyring,
-                issuer=s.public_issuer,
-                audience=s.exchange_audience,
-                now=now,
-                leeway=s.clock_skew_s,
-                max_life=s.impersonation_ttl_s,
-            )
-        )
+        grant = await self.keys.verified(lambda keyring: self.own.impersonation(token, keyring, now))
         signer = self._signer(now)
         sid = grant.jti  # one key per impersonation: the allowlist entry becomes the session record
         record = SessionRecord(sub=grant.sub, loc=grant.loc, act=grant.act, exp=now + s.session_ttl_s)
@@ -238,20 +222,9 @@ class Authority:
     async def introspect(self, caller: Caller, token: str) -> Introspection:
         """RFC 7662: active only for a valid access token of ours whose session is on record and not revoked."""
         require_unimpersonated(caller)
-        s = self.settings
         try:
             now = int(self.clock())
-            claims = await self.keys.verified(
-                lambda keyring: verify_access(
-                    token,
-                    keyring,
-                    issuer=s.public_issuer,
-                    audience=s.session_audience,
-                    now=now,
-                    leeway=s.clock_skew_s,
-                    max_life=s.session_max_ttl_s,
-                )
-            )
+            claims = await self.keys.verified(lambda keyring: self.own.access(token, keyring, now))
         except InvalidToken as exc:
             self.audit.emit("introspection", "inactive", actor=caller.subject, reason=exc.code)
             return Introspection(active=False)

@@ -172,23 +172,11 @@ class Discovery(msgspec.Struct, frozen=True):
     access_token_audience: str
 
 
-class Jwk(msgspec.Struct, frozen=True):
-    """A published public key (RFC 7517): key members by type (``x``/``y``/``crv``, ``n``/``e``), ``kid`` its
-    RFC 7638 thumbprint."""
-
-    kty: str
-    kid: str
-    alg: str
-    use: str
-    crv: str | None = None
-    x: str | None = None
-    y: str | None = None
-    n: str | None = None
-    e: str | None = None
-
-
 class JwkSet(msgspec.Struct, frozen=True):
-    keys: list[Jwk]
+    """RFC 7517 section 5: the signer, the standby, retiring keys; each a public JWK with ``kid`` (its RFC 7638
+    thumbprint), ``alg`` and ``use: sig``, and its type's members (``crv``/``x``/``y``, or ``n``/``e``)."""
+
+    keys: list[dict[str, str]]
 
 
 class MintController(Controller):

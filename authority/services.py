@@ -146,9 +146,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
         replica_timeout_ms=settings.redis_replica_timeout_ms,
     )
     directory: Directory = FileDirectory(Path(settings.directory_file) if settings.directory_file else DEMO_DIRECTORY)
-    authority = Authority(
-        settings, keys=keys, allowlist=allowlist, limiter=limiter, directory=directory, audit=audit, clock=clock
-    )
+    authority = Authority(settings, keys, allowlist, limiter, directory, audit, clock)
     return Services(
         settings=settings,
         clock=clock,

@@ -12,6 +12,7 @@ import functools
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jwt
@@ -29,6 +30,7 @@ from authority.refusals import (
     WrongIssuer,
     WrongTokenType,
 )
+from authority.settings import Settings
 
 IMPERSONATION_TYP = "imp+jwt"
 ACCESS_TYP = "at+jwt"
@@ -318,21 +320,39 @@ def _verify(
     return claims
 
 
-def verify_impersonation(
-    token: str, keyring: Keyring, *, issuer: str, audience: str, now: int, leeway: int, max_life: int
-) -> ImpersonationClaims:
-    """Accept ``token`` as one of our impersonation tokens, or raise the precise refusal."""
-    return _verify(
-        token, keyring, ImpersonationClaims, IMPERSONATION_TYP, issuer=issuer, audience=audience, now=now,
-        leeway=leeway, max_life=max_life,
-    )  # fmt: skip
+@dataclass(frozen=True)
+class OwnTokens:
+    """What our own tokens must say (issuer, audiences, lifetimes, skew), bound once from the settings, so every
+    place that reads one of ours checks it the same way."""
 
+    issuer: str
+    exchange_audience: str
+    session_audience: str
+    leeway: int
+    impersonation_life: int
+    session_life: int
 
-def verify_access(
-    token: str, keyring: Keyring, *, issuer: str, audience: str, now: int, leeway: int, max_life: int
-) -> AccessClaims:
-    """Accept ``token`` as one of our access tokens (signature, typ, iss, aud, time; not revocation)."""
-    return _verify(
-        token, keyring, AccessClaims, ACCESS_TYP, issuer=issuer, audience=audience, now=now, leeway=leeway,
-        max_life=max_life,
-    )  # fmt: skip
+    @classmethod
+    def of(cls, settings: Settings) -> OwnTokens:
+        return cls(
+            issuer=settings.public_issuer,
+            exchange_audience=settings.exchange_audience,
+            session_audience=settings.session_audience,
+            leeway=settings.clock_skew_s,
+            impersonation_life=settings.impersonation_ttl_s,
+            session_life=settings.session_max_ttl_s,
+        )
+
+    def impersonation(self, token: str, keyring: Keyring, now: int) -> ImpersonationClaims:
+        """Accept ``token`` as one of our impersonation tokens, or raise the precise refusal."""
+        return _verify(
+            token, keyring, ImpersonationClaims, IMPERSONATION_TYP, issuer=self.issuer,
+            audience=self.exchange_audience, now=now, leeway=self.leeway, max_life=self.impersonation_life,
+        )  # fmt: skip
+
+    def access(self, token: str, keyring: Keyring, now: int) -> AccessClaims:
+        """Accept ``token`` as one of our access tokens (signature, typ, iss, aud, time; not revocation)."""
+        return _verify(
+            token, keyring, AccessClaims, ACCESS_TYP, issuer=self.issuer, audience=self.session_audience, now=now,
+            leeway=self.leeway, max_life=self.session_life,
+        )  # fmt: skip

@@ -27,26 +27,7 @@ from litestar.testing import TestClient
 from authority import demo
 from authority.keys.jwk import public_jwk
 from authority.settings import TrustedIssuer
-from tests.helpers import (
-    DISCOVERY,
-    EXCHANGE,
-    INTROSPECT,
-    JWKS,
-    STAFF,
-    Stack,
-    assert_problem,
-    b64,
-    caller_claims,
-    demo_header,
-    forge,
-    hs256,
-    kid_of_key,
-    mint,
-    public_key_forms,
-    real_signing_key,
-    split,
-    unsigned,
-)
+from tests import helpers as h
 
 
 @dataclass
@@ -55,7 +36,7 @@ class Target:
 
     name: str
     client: TestClient[Any]
-    stack: Stack
+    stack: h.Stack
     present: Callable[[str], Any]
     header: dict[str, Any]
     claims: dict[str, Any]
@@ -68,18 +49,18 @@ class Target:
     def sign(self, header: dict[str, Any] | None = None, **claims: Any) -> str:
         """The genuine header and claims with changes, signed by the genuine key: refused for the change alone."""
         merged = {k: v for k, v in {**self.claims, **claims}.items() if v is not None}
-        return forge(self.header if header is None else header, merged, self.key.sign)
+        return h.forge(self.header if header is None else header, merged, self.key.sign)
 
     def raw(self, header: bytes, payload: bytes, signer: Callable[[bytes], bytes] | None = None) -> str:
         """A compact JWS over exactly these bytes (signed by the genuine key unless ``signer`` says otherwise)."""
-        signing_input = f"{b64(header)}.{b64(payload)}"
-        return f"{signing_input}.{b64((signer or self.key.sign)(signing_input.encode()))}"
+        signing_input = f"{h.b64(header)}.{h.b64(payload)}"
+        return f"{signing_input}.{h.b64((signer or self.key.sign)(signing_input.encode()))}"
 
     def refuses(self, *cases: tuple[str, str]) -> None:
         """Each ``(token, code)`` is refused — with ``code`` at the exchange; on the bearer path every failure is
         ``unauthenticated`` — and then the genuine token is still accepted: refusing changed nothing."""
         for token, code in cases:
-            assert_problem(self.present(token), 401, code if self.name == "exchange" else "unauthenticated")
+            h.assert_problem(self.present(token), 401, code if self.name == "exchange" else "unauthenticated")
         accepted = self.present(self.genuine)
         assert accepted.status_code == 200, accepted.text
 
@@ -88,38 +69,38 @@ def each(code: str, *tokens: str) -> list[tuple[str, str]]:
     return [(token, code) for token in tokens]
 
 
-def exchange_target(client: TestClient[Any], stack: Stack) -> Target:
-    header, claims, _ = split(mint(client, stack))
-    return Target("exchange", client, stack, lambda t: client.post(EXCHANGE, json={"token": t}), header, claims,
-                  real_signing_key(client))  # fmt: skip
+def exchange_target(client: TestClient[Any], stack: h.Stack) -> Target:
+    header, claims, _ = h.split(h.mint(client, stack))
+    return Target("exchange", client, stack, lambda t: client.post(h.EXCHANGE, json={"token": t}), header, claims,
+                  h.real_signing_key(client))  # fmt: skip
 
 
-def bearer_target(client: TestClient[Any], stack: Stack) -> Target:
+def bearer_target(client: TestClient[Any], stack: h.Stack) -> Target:
     def present(token: str) -> Any:
-        return client.get(STAFF, params={"coworkerId": 42}, headers={"Authorization": f"Bearer {token}"})
+        return client.get(h.STAFF, params={"coworkerId": 42}, headers={"Authorization": f"Bearer {token}"})
 
-    return Target("bearer", client, stack, present, demo_header(stack), caller_claims(stack),
+    return Target("bearer", client, stack, present, h.demo_header(stack), h.caller_claims(stack),
                   demo.demo_key(stack.keys_dir))  # fmt: skip
 
 
 @pytest.fixture
-def stack(make_stack: Callable[..., Stack]) -> Stack:
+def stack(make_stack: Callable[..., h.Stack]) -> h.Stack:
     """The forgeries here are built around Ed25519 keys; the other algs, the default ES256 included, are covered by
     test_rotation, test_keys and test_spelling."""
     return make_stack(key_alg="EdDSA")
 
 
 @pytest.fixture(params=["exchange", "bearer"])
-def target(request: pytest.FixtureRequest, client: TestClient[Any], stack: Stack) -> Target:
+def target(request: pytest.FixtureRequest, client: TestClient[Any], stack: h.Stack) -> Target:
     return exchange_target(client, stack) if request.param == "exchange" else bearer_target(client, stack)
 
 
 def segments(*parts: bytes) -> str:
-    return ".".join(b64(part) for part in parts)
+    return ".".join(h.b64(part) for part in parts)
 
 
 def published(client: TestClient[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    return client.get(JWKS).json()["keys"], client.get(DISCOVERY).json()
+    return client.get(h.JWKS).json()["keys"], client.get(h.DISCOVERY).json()
 
 
 # --- 2.1 -----------------------------------------------------------------------------------------------------
@@ -130,21 +111,21 @@ def test_2_1_weak_signatures_and_insufficient_signature_validation(target: Targe
     "an RS256 parameter value can be changed into HS256" with the public key used as the HMAC secret.
 
     Refused because the verifier never takes the algorithm from the token: each key verifies with its own ``alg``
-    only (ours from their records; the trusted issuer's from its JWKS, within its allowlist), and a signature must
+    only (ours from their records; the trusted issuer's from its h.JWKS, within its allowlist), and a signature must
     verify — ``none``, an HMAC keyed with any form of the public key, a stripped or zeroed signature all fail."""
-    public = public_key_forms(target.key.public_key())
+    public = h.public_key_forms(target.key.public_key())
     signing_input = target.genuine.rsplit(".", 1)[0]
-    none_header = b64(json.dumps({**target.header, "alg": "none"}).encode())
+    none_header = h.b64(json.dumps({**target.header, "alg": "none"}).encode())
     target.refuses(
         *each(
             "bad-signature",
-            forge({**target.header, "alg": "none"}, target.claims, unsigned),
+            h.forge({**target.header, "alg": "none"}, target.claims, h.unsigned),
             f"{none_header}.{signing_input.split('.')[1]}.{target.genuine.rsplit('.', 1)[1]}",  # none, sig kept
-            *(forge({**target.header, "alg": "HS256"}, target.claims, hs256(form)) for form in public.values()),
-            forge(target.header, target.claims, hs256(public["pem"])),  # an HMAC under the real alg's name
+            *(h.forge({**target.header, "alg": "HS256"}, target.claims, h.hs256(form)) for form in public.values()),
+            h.forge(target.header, target.claims, h.hs256(public["pem"])),  # an HMAC under the real alg's name
             f"{signing_input}.",
-            f"{signing_input}.{b64(bytes(64))}",
-            forge({**target.header, "alg": "ES256"}, target.claims, target.key.sign),  # right key, other alg
+            f"{signing_input}.{h.b64(bytes(64))}",
+            h.forge({**target.header, "alg": "ES256"}, target.claims, target.key.sign),  # right key, other alg
         )
     )
 
@@ -157,7 +138,7 @@ def test_2_2_weak_symmetric_keys(target: Target, alg: str) -> None:
     """2.2: "some applications use a keyed MAC algorithm, such as HS256, to sign tokens but supply a weak
     symmetric key ... vulnerable to offline brute-force or dictionary attacks".
 
-    Refused because there is no symmetric key to guess: signing is asymmetric only (EdDSA, ES256, RS256), the JWKS
+    Refused because there is no symmetric key to guess: signing is asymmetric only (EdDSA, ES256, RS256), the h.JWKS
     publishes no ``oct`` key, discovery advertises no MAC alg, and a MAC token under any secret is refused."""
     keys, meta = published(target.client)
     assert all(key["kty"] != "oct" and "k" not in key for key in keys)
@@ -168,7 +149,7 @@ def test_2_2_weak_symmetric_keys(target: Target, alg: str) -> None:
         return lambda data: hmac.new(secret, data, digest).digest()
 
     secrets_tried = (b"", b"secret", b"password", b"authority", b"changeme", b"portal-api")
-    target.refuses(*each("bad-signature", *(forge({**target.header, "alg": alg}, target.claims, mac(s))
+    target.refuses(*each("bad-signature", *(h.forge({**target.header, "alg": alg}, target.claims, mac(s))
                                             for s in secrets_tried)))  # fmt: skip
 
 
@@ -193,11 +174,14 @@ def test_2_3_incorrect_composition_of_encryption_and_signature(target: Target) -
     }
     attacker = ed25519.Ed25519PrivateKey.generate()
     nested = {**target.header, "cty": "JWT"}
-    forged_inner = forge(target.header, {**target.claims, "sub": "1"}, unsigned).encode()
+    forged_inner = h.forge(target.header, {**target.claims, "sub": "1"}, h.unsigned).encode()
     target.refuses(
         (segments(json.dumps(jwe_header).encode(), b"", os.urandom(12), inner, os.urandom(16)), "invalid-token"),
-        (target.raw(json.dumps({**nested, "alg": "none"}).encode(), inner, unsigned), "bad-signature"),
-        (target.raw(json.dumps({**nested, "kid": kid_of_key(attacker)}).encode(), inner, attacker.sign), "unknown-key"),
+        (target.raw(json.dumps({**nested, "alg": "none"}).encode(), inner, h.unsigned), "bad-signature"),
+        (
+            target.raw(json.dumps({**nested, "kid": h.kid_of_key(attacker)}).encode(), inner, attacker.sign),
+            "unknown-key",
+        ),
         (target.raw(json.dumps(nested).encode(), forged_inner), "invalid-token"),
     )
 
@@ -216,8 +200,8 @@ def test_2_4_plaintext_leakage_through_analysis_of_ciphertext_length(target: Tar
 
     Refused because the service accepts no encrypted (let alone compressed) token, so it is never a decryption or
     length oracle; and it issues none: its own tokens are three-part JWS, without ``zip`` or ``enc``."""
-    session = target.client.post(EXCHANGE, json={"token": mint(target.client, target.stack)}).json()
-    for issued in (mint(target.client, target.stack), session["access_token"]):
+    session = target.client.post(h.EXCHANGE, json={"token": h.mint(target.client, target.stack)}).json()
+    for issued in (h.mint(target.client, target.stack), session["access_token"]):
         assert issued.count(".") == 2
         assert not {"zip", "enc"} & jwt.get_unverified_header(issued).keys()
     base = {"kid": target.header["kid"], "typ": target.header["typ"], "zip": "DEF"}
@@ -235,15 +219,18 @@ def test_2_5_insecure_use_of_elliptic_curve_encryption(target: Target) -> None:
     is decrypted, and an ``epk`` (on or off the curve) is never used — in a JWE, or dressed up as a JWS."""
     keys, _ = published(target.client)
     assert {key["use"] for key in keys} == {"sig"}
-    off_curve = {"kty": "EC", "crv": "P-256", "x": b64(bytes(31) + b"\x01"), "y": b64(bytes(31) + b"\x02")}
+    off_curve = {"kty": "EC", "crv": "P-256", "x": h.b64(bytes(31) + b"\x01"), "y": h.b64(bytes(31) + b"\x02")}
     point = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
-    on_curve = {"kty": "EC", "crv": "P-256", "x": b64(point.x.to_bytes(32, "big")),
-                "y": b64(point.y.to_bytes(32, "big"))}  # fmt: skip
+    on_curve = {"kty": "EC", "crv": "P-256", "x": h.b64(point.x.to_bytes(32, "big")),
+                "y": h.b64(point.y.to_bytes(32, "big"))}  # fmt: skip
     base = {"kid": target.header["kid"], "typ": target.header["typ"], "enc": "A256GCM"}
     target.refuses(
         (jwe({**base, "alg": "ECDH-ES", "epk": off_curve}), "invalid-token"),
         (jwe({**base, "alg": "ECDH-ES+A256KW", "epk": on_curve}), "invalid-token"),
-        (forge({**target.header, "alg": "ECDH-ES", "epk": off_curve}, target.claims, target.key.sign), "bad-signature"),
+        (
+            h.forge({**target.header, "alg": "ECDH-ES", "epk": off_curve}, target.claims, target.key.sign),
+            "bad-signature",
+        ),
     )
 
 
@@ -265,11 +252,11 @@ def test_2_6_multiplicity_of_json_encodings(target: Target) -> None:
     extras = [b', "sub": "1"', b', "aud": "x"', b', "act": {"sub": "1", "role": "admin"}', b', "iss": "x"']
     appended = [claims[:-1] + extra + b"}" for extra in extras]
     encoded = [claims.decode().encode(codec) for codec in ("utf-16", "utf-16-be", "utf-32", "utf-8-sig")]
-    public_pem = public_key_forms(target.key.public_key())["pem"]
+    public_pem = h.public_key_forms(target.key.public_key())["pem"]
     target.refuses(
-        *each("bad-signature", *(f"{head}.{b64(payload)}.{signature}" for payload in appended)),
-        (target.raw(header[:-1] + b', "alg": "HS256"}', claims, hs256(public_pem)), "invalid-token"),
-        (target.raw(b'{"alg": "none", ' + header[1:], claims, unsigned), "invalid-token"),
+        *each("bad-signature", *(f"{head}.{h.b64(payload)}.{signature}" for payload in appended)),
+        (target.raw(header[:-1] + b', "alg": "HS256"}', claims, h.hs256(public_pem)), "invalid-token"),
+        (target.raw(b'{"alg": "none", ' + header[1:], claims, h.unsigned), "invalid-token"),
         *each("invalid-token", *(target.raw(header, payload) for payload in encoded)),
     )
 
@@ -313,7 +300,7 @@ def test_2_6_signed_claims_not_in_utf8_are_refused(target: Target, replaced: str
 # --- 2.7 -----------------------------------------------------------------------------------------------------
 
 
-def test_2_7_substitution_attacks(client: TestClient[Any], stack: Stack, make_stack: Callable[..., Stack]) -> None:
+def test_2_7_substitution_attacks(client: TestClient[Any], stack: h.Stack, make_stack: Callable[..., h.Stack]) -> None:
     """2.7: "one recipient will be given a JWT that was intended for it and will attempt to use it at a different
     recipient for which that JWT was not intended".
 
@@ -322,16 +309,16 @@ def test_2_7_substitution_attacks(client: TestClient[Any], stack: Stack, make_st
     deployment of the authority fails on ``iss`` even when it shares this one's keys; a caller token the trusted
     issuer made for another service is no bearer here."""
     exchange = exchange_target(client, stack)
-    access = client.post(EXCHANGE, json={"token": mint(client, stack)}).json()["access_token"]
+    access = client.post(h.EXCHANGE, json={"token": h.mint(client, stack)}).json()["access_token"]
     staging = make_stack(keys_dir=stack.keys_dir, issuer="http://staging.authority.test")
     with staging.client() as other:
-        elsewhere = mint(other, staging)
-        assert_problem(other.post(EXCHANGE, json={"token": exchange.genuine}), 401, "wrong-issuer")
+        elsewhere = h.mint(other, staging)
+        h.assert_problem(other.post(h.EXCHANGE, json={"token": exchange.genuine}), 401, "wrong-issuer")
     assert jwt.get_unverified_header(elsewhere)["kid"] == exchange.header["kid"]  # the same key signed both
     exchange.refuses(
         (access, "wrong-token-type"),
         (exchange.sign(aud="portal-api"), "wrong-audience"),
-        (exchange.sign(aud=f"http://staging.authority.test{EXCHANGE}"), "wrong-audience"),
+        (exchange.sign(aud=f"http://staging.authority.test{h.EXCHANGE}"), "wrong-audience"),
         (elsewhere, "wrong-issuer"),
     )
     bearer = bearer_target(client, stack)
@@ -342,14 +329,14 @@ def test_2_7_substitution_attacks(client: TestClient[Any], stack: Stack, make_st
 # --- 2.8 -----------------------------------------------------------------------------------------------------
 
 
-def test_2_8_cross_jwt_confusion(client: TestClient[Any], stack: Stack) -> None:
+def test_2_8_cross_jwt_confusion(client: TestClient[Any], stack: h.Stack) -> None:
     """2.8: "JWT tokens that have been issued for one purpose being subverted and used for another".
 
     Refused because each kind of token is told apart by explicit typing (RFC 8725 3.11) and by its audience:
     ``imp+jwt`` grants only at the exchange, ``at+jwt`` sessions only as (nested-impersonation-refusing) bearers,
     and caller tokens only from the trusted issuer. Presenting one where another belongs spends nothing."""
     exchange, bearer = exchange_target(client, stack), bearer_target(client, stack)
-    access = client.post(EXCHANGE, json={"token": mint(client, stack)}).json()["access_token"]
+    access = client.post(h.EXCHANGE, json={"token": h.mint(client, stack)}).json()["access_token"]
     caller = bearer.genuine
     exchange.refuses(
         (access, "wrong-token-type"),
@@ -360,10 +347,10 @@ def test_2_8_cross_jwt_confusion(client: TestClient[Any], stack: Stack) -> None:
     )
     bearer.refuses(*each("unauthenticated", exchange.genuine, exchange.sign({**exchange.header, "typ": "at+jwt"})))
     operator = stack.bearer("operator", "9")
-    for token in (mint(client, stack), caller):  # introspection knows only access tokens
-        assert client.post(INTROSPECT, data={"token": token}, headers=operator).json() == {"active": False}
+    for token in (h.mint(client, stack), caller):  # introspection knows only access tokens
+        assert client.post(h.INTROSPECT, data={"token": token}, headers=operator).json() == {"active": False}
     nested = {"Authorization": f"Bearer {access}"}
-    assert_problem(client.get(STAFF, params={"coworkerId": 42}, headers=nested), 403, "nested-impersonation")
+    h.assert_problem(client.get(h.STAFF, params={"coworkerId": 42}, headers=nested), 403, "nested-impersonation")
 
 
 # --- 2.9 -----------------------------------------------------------------------------------------------------
@@ -419,10 +406,10 @@ def test_2_9_indirect_attacks_on_the_server(target: Target, loopback: Loopback, 
     it), and ``kid`` is only compared with the kids of loaded keys — traversal, SQL, glob or CRLF in it reads no
     file, runs no query, matches no key, and writes nothing."""
     attacker = ed25519.Ed25519PrivateKey.generate()
-    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(public_key_forms(attacker.public_key())["raw"])}
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": h.b64(h.public_key_forms(attacker.public_key())["raw"])}
     urls = {"jku": f"{loopback.url}/jwks.json", "x5u": f"{loopback.url}/cert.pem"}
     key_files = sorted(p.name for p in target.stack.keys_dir.rglob("*"))
-    self_signed = {"kid": kid_of_key(attacker), "jwk": jwk}
+    self_signed = {"kid": h.kid_of_key(attacker), "jwk": jwk}
     kids = [
         *KID_INJECTIONS,
         f"$(touch {tmp_path / 'pwned'})",
@@ -432,10 +419,10 @@ def test_2_9_indirect_attacks_on_the_server(target: Target, loopback: Loopback, 
         *each("invalid-token", *(target.sign({**target.header, param: url}) for param, url in urls.items())),
         *each(
             "invalid-token",
-            *(forge({**target.header, **self_signed, p: u}, target.claims, attacker.sign) for p, u in urls.items()),
+            *(h.forge({**target.header, **self_signed, p: u}, target.claims, attacker.sign) for p, u in urls.items()),
         ),
-        (forge({**target.header, **self_signed}, target.claims, attacker.sign), "invalid-token"),
-        (forge(target.header, {**target.claims, "iss": f"{loopback.url}"}, attacker.sign), "bad-signature"),
+        (h.forge({**target.header, **self_signed}, target.claims, attacker.sign), "invalid-token"),
+        (h.forge(target.header, {**target.claims, "iss": f"{loopback.url}"}, attacker.sign), "bad-signature"),
         *each("unknown-key", *(target.sign({**target.header, "kid": kid}) for kid in kids)),
     )
     assert loopback.hits == []
@@ -444,10 +431,10 @@ def test_2_9_indirect_attacks_on_the_server(target: Target, loopback: Loopback, 
 
 
 def test_2_9_unknown_kids_cannot_make_the_server_hammer_its_identity_provider(
-    make_stack: Callable[..., Stack], loopback: Loopback, tmp_path: Path
+    make_stack: Callable[..., h.Stack], loopback: Loopback, tmp_path: Path
 ) -> None:
     """For an issuer configured by ``jwks_url``, a ``kid`` the server does not know may trigger one refetch of
-    the issuer's JWKS, but a stream of fresh kids from unauthenticated callers triggers no more than that."""
+    the issuer's h.JWKS, but a stream of fresh kids from unauthenticated callers triggers no more than that."""
     keys_dir = tmp_path / "keys"
     loopback.body = json.dumps({"keys": [public_jwk(demo.demo_key(keys_dir).public_key(), "EdDSA")]}).encode()
     idp = TrustedIssuer(issuer="https://idp.test", audiences=["authority"], jwks_url=f"{loopback.url}/jwks.json",
@@ -473,9 +460,9 @@ def test_2_9_unknown_kids_cannot_make_the_server_hammer_its_identity_provider(
      (True, 403, "forbidden")],
 )  # fmt: skip
 def test_2_9_lookup_claims_are_values_not_queries(
-    client: TestClient[Any], stack: Stack, loc: Any, status: int, code: str
+    client: TestClient[Any], stack: h.Stack, loc: Any, status: int, code: str
 ) -> None:
     """A genuinely signed caller's location claim keys the directory lookup as a plain value: no value of it
     reaches coworker 200 of location 2 (a string is looked up verbatim; anything else names no location)."""
     operator = stack.bearer("operator", "7", claims={"loc": loc})
-    assert_problem(client.get(STAFF, params={"coworkerId": 200}, headers=operator), status, code)
+    h.assert_problem(client.get(h.STAFF, params={"coworkerId": 200}, headers=operator), status, code)
