@@ -22,7 +22,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from authority import problems, routes
 from authority.authn import BearerAuth
 from authority.middleware import RequestGuard, echo_request_id
-from authority.services import build, check
+from authority.services import Published, build, check
 from authority.settings import Settings
 
 
@@ -43,6 +43,7 @@ class Metrics(PrometheusController):
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Litestar:
     services = build(settings, clock)
     check(settings)
+    published = Published(services.keys, settings)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -57,8 +58,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         route_handlers=[*routes.ROUTES, Metrics],
         dependencies={
             "authority": Provide(lambda: services.authority, sync_to_thread=False),
-            "keyring": Provide(lambda: services.keys.keyring, sync_to_thread=False),
-            "settings": Provide(lambda: settings, sync_to_thread=False),
+            "published": Provide(lambda: published, sync_to_thread=False),
             "ready": Provide(lambda: services.ready, sync_to_thread=False),
         },
         plugins=[problems.PLUGIN],

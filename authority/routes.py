@@ -19,7 +19,6 @@ from litestar.types import ControllerRouterHandler
 from authority import policy
 from authority.authn import ID, Caller
 from authority.impersonation import Authority, Introspection, Revocation, SessionGrant
-from authority.keys import Keyring
 from authority.problems import PROBLEM_BASE
 from authority.refusals import (
     BadSignature,
@@ -47,7 +46,7 @@ from authority.refusals import (
     WrongIssuer,
     WrongTokenType,
 )
-from authority.settings import Settings
+from authority.services import Published
 from authority.tokens import MAX_TOKEN_LENGTH, check_unique_names
 
 NO_STORE = CacheControlHeader(no_store=True)
@@ -58,8 +57,7 @@ SID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
 SID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # Services injected from the composition root (app.create_app), named, never parsed from the request.
 AuthorityDep = NamedDependency[SkipValidation[Authority]]
-KeyringDep = NamedDependency[SkipValidation[Keyring]]
-SettingsDep = NamedDependency[SkipValidation[Settings]]
+PublishedDep = NamedDependency[SkipValidation[Published]]
 ReadyDep = NamedDependency[SkipValidation[Callable[[], Awaitable[None]]]]
 BEARER: list[dict[str, list[str]]] = [
     {"bearer": []}
@@ -289,15 +287,18 @@ async def exchange(
     opt=PUBLIC,
     responses={200: ResponseSpec(data_container=JwkSet, description="the signer, the standby, retiring keys")},
 )
-async def jwks(request: Request[Any, Any, State], keyring: KeyringDep, settings: SettingsDep) -> Response[bytes]:
-    headers = {"ETag": keyring.etag, "Cache-Control": f"public, max-age={settings.jwks_max_age_s}"}
+async def jwks(request: Request[Any, Any, State], published: PublishedDep) -> Response[bytes]:
+    keyring = published.keyring
+    headers = {"ETag": keyring.etag, "Cache-Control": f"public, max-age={published.settings.jwks_max_age_s}"}
     if request.headers.get("if-none-match") == keyring.etag:
         return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
     return Response(keyring.jwks, media_type="application/json", headers=headers)
 
 
 @get("/.well-known/openid-configuration", name="discovery", tags=["discovery"], summary="Issuer metadata", opt=PUBLIC)
-async def discovery(request: Request[Any, Any, State], keyring: KeyringDep, settings: SettingsDep) -> Discovery:
+async def discovery(request: Request[Any, Any, State], published: PublishedDep) -> Discovery:
+    settings = published.settings
+
     def url(name: str, **params: str) -> str:
         return settings.public_issuer + request.app.route_reverse(name, **params)
 
@@ -309,7 +310,7 @@ async def discovery(request: Request[Any, Any, State], keyring: KeyringDep, sett
         exchange_endpoint=url("exchange"),
         introspection_endpoint=url("introspect"),
         revocation_endpoint_template=url("revoke", sid="{sid}"),
-        token_signing_alg_values_supported=sorted({k.alg for k in keyring.keys}),
+        token_signing_alg_values_supported=sorted({k.alg for k in published.keyring.keys}),
         access_token_audience=settings.session_audience,
     )
 
