@@ -51,16 +51,18 @@ def may_revoke(caller: Caller, *, location: str, actor_issuer: str, actor_subjec
     )
 
 
-def staff(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
+# Guards are coroutines: Litestar runs a plain function guard in a worker thread (anyio.to_thread), which cost a
+# mint about 170 us in-process (550 -> 370 us measured with the ASGI app called directly).
+async def staff(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: an admin or operator of a location, signed in as themself."""
     require_staff(connection.user)
 
 
-def member(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
+async def member(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: a customer (whether they administer the team is the directory's to say)."""
     require_member(connection.user)
 
 
-def unimpersonated(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
+async def unimpersonated(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: anyone authenticated, except an impersonated session."""
     require_unimpersonated(connection.user)
