@@ -59,10 +59,11 @@ SID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 AuthorityDep = NamedDependency[SkipValidation[Authority]]
 PublishedDep = NamedDependency[SkipValidation[Published]]
 ReadyDep = NamedDependency[SkipValidation[Callable[[], Awaitable[None]]]]
-BEARER: list[dict[str, list[str]]] = [
-    {"bearer": []}
-]  # the OpenAPI security requirement of every route that needs a caller
+# The OpenAPI security requirement of every route that needs a caller.
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 PUBLIC = {"exclude_from_auth": True}  # routes anyone may call: no bearer is read
+# Statuses whose answers carry Retry-After (an OpenAPI response spec here cannot list headers).
+RETRY_AFTER = {429, 503}
 
 
 def parse_id(value: str) -> int:
@@ -91,7 +92,8 @@ def problems(*refusals: type[Refusal]) -> dict[int, ResponseSpec]:
         status: ResponseSpec(
             data_container=Problem,
             media_type="application/problem+json",
-            description="; ".join(f"`{r.code}`: {r.title}" for r in group),
+            description="; ".join(f"`{r.code}`: {r.title}" for r in group)
+            + (" (a `Retry-After` header says when to try again)" if status in RETRY_AFTER else ""),
             generate_examples=False,
             examples=[
                 Example(
