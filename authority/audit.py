@@ -41,8 +41,8 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
-        # Redis failures, logged per outage rather than per failure; here, where both the request path (through
-        # app.state.audit) and this writer, whose successful writes end them, reach one per app.
+        # Redis failures, logged per outage rather than per failure; here, where both the request path (the
+        # problem-details hook) and this writer, whose successful writes end them, reach one per app.
         self.outages = OutageLog(logging.getLogger("authority.outages"))
 
     def emit(self, event: str, outcome: str, **fields: Field) -> None:
