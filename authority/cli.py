@@ -155,7 +155,10 @@ def parser() -> argparse.ArgumentParser:
     actions = keys.add_subparsers(dest="keys_command", required=True)
     actions.add_parser("list", help="kid, alg, state, created, activates, retires")
     actions.add_parser("rotate", help="bring the standby forward: it signs once published for the pre-publish time")
-    retire = actions.add_parser("retire", help="emergency: KID leaves the JWKS at once, the standby signs in its place")
+    # A kid is base64url and may begin with "-": nothing after `retire` is read as an option (no "-h" there either).
+    retire = actions.add_parser(
+        "retire", help="emergency: KID leaves the JWKS at once, the standby signs in its place", prefix_chars="+"
+    )
     retire.add_argument("kid")
     keys.set_defaults(run=_keys)
     audit = commands.add_parser("audit", help="read the audit stream")

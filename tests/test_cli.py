@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from authority.cli import main
+from authority.cli import main, parser
 from tests.helpers import PASSPHRASE
 
 
@@ -76,3 +76,9 @@ def test_keys_demo_needs_a_running_demo_server(
     monkeypatch.chdir(tmp_path)
     assert main(["keys", "--demo", "list"]) == 2
     assert "no demo server" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kid", ["-Abc", "--xyz", "-h"])
+def test_a_kid_beginning_with_a_dash_is_a_kid(kid: str) -> None:
+    """RFC 7638 thumbprints are base64url: one in 64 begins with "-" (the suite once drew one)."""
+    assert parser().parse_args(["keys", "retire", kid]).kid == kid
