@@ -29,6 +29,15 @@ SENTINEL_SCHEME = "redis+sentinel"
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 
+def shown(url: str | None) -> str:
+    """``url`` fit for a log line or an answer: without its user and password."""
+    if not url:
+        return "(no URL)"
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host).geturl()
+
+
 def _retry() -> Retry:
     """One immediate retry, on a connection error only: a pooled connection that went stale (a Redis restart)
     gets one new try. Never on a timeout: the command may have run, and running a consume twice would turn one

@@ -17,6 +17,7 @@ import msgspec
 
 from authority.audit import AuditLog
 from authority.authn import Caller
+from authority.connection import shown
 from authority.directory import Directory
 from authority.keys import KeyManager, Keyring, LoadedKey
 from authority.limits import MintLimiter
@@ -106,8 +107,16 @@ class Authority:
     def _signer(self, now: int) -> LoadedKey:
         signer = self.keyring.signer_at(now)
         if signer is None:
-            raise Unavailable("no active signing key")
+            raise Unavailable(self.no_signer())
         return signer
+
+    def no_signer(self) -> str:
+        """Why nothing signs: a process that never read its key records says where it could not read them."""
+        if self.keys.refreshed_at is None:
+            return f"no active signing key: the key records ({self.keys.store}) have not been read; is Redis at " + (
+                f"{shown(self.settings.redis_url)} reachable?"
+            )
+        return "no active signing key"
 
     async def mint_for_staff(self, caller: Caller, coworker_id: int) -> str:
         location = require_staff(caller)

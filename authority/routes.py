@@ -66,6 +66,14 @@ PUBLIC = {"exclude_from_auth": True}  # routes anyone may call: no bearer is rea
 RETRY_AFTER = {429, 503}
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 section 13.1.2: ``If-None-Match`` compares weakly, may list several tags, or be ``*``."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
+
+
 def parse_id(value: str) -> int:
     """The pattern documents the id; this enforces it (``$`` in the pattern also lets a trailing newline by)."""
     if not ID.fullmatch(value):
@@ -292,19 +300,19 @@ async def exchange(
 async def jwks(request: Request[Any, Any, State], published: PublishedDep) -> Response[bytes]:
     keyring = published.keyring
     headers = {"ETag": keyring.etag, "Cache-Control": f"public, max-age={published.settings.jwks_max_age_s}"}
-    if request.headers.get("if-none-match") == keyring.etag:
+    if etag_matches(request.headers.get("if-none-match"), keyring.etag):
         return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
     return Response(keyring.jwks, media_type="application/json", headers=headers)
 
 
 @get("/.well-known/openid-configuration", name="discovery", tags=["discovery"], summary="Issuer metadata", opt=PUBLIC)
-async def discovery(request: Request[Any, Any, State], published: PublishedDep) -> Discovery:
+async def discovery(request: Request[Any, Any, State], published: PublishedDep) -> Response[Discovery]:
     settings = published.settings
 
     def url(name: str, **params: str) -> str:
         return settings.public_issuer + request.app.route_reverse(name, **params)
 
-    return Discovery(
+    document = Discovery(
         issuer=settings.public_issuer,
         jwks_uri=url("jwks"),
         impersonation_endpoint=url("impersonate"),
@@ -315,6 +323,7 @@ async def discovery(request: Request[Any, Any, State], published: PublishedDep) 
         token_signing_alg_values_supported=sorted({k.alg for k in published.keyring.keys}),
         access_token_audience=settings.session_audience,
     )
+    return Response(document, headers={"Cache-Control": f"public, max-age={settings.jwks_max_age_s}"})
 
 
 @get("/healthz", name="healthz", tags=["probes"], summary="Liveness", opt=PUBLIC)

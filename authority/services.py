@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from authority.audit import AuditLog
 from authority.authn import Authenticator
 from authority.background import stop
-from authority.connection import REDIS_ERRORS, connect_redis
+from authority.connection import REDIS_ERRORS, connect_redis, shown
 from authority.directory import DEMO_DIRECTORY, Directory, FileDirectory
 from authority.impersonation import Authority
 from authority.keys import (
@@ -79,13 +79,17 @@ class Services:
         await self.redis.aclose()
 
     async def ready(self) -> None:
-        """Readiness: a key signs now, the records were re-read lately, Redis answers; else 503 saying which."""
+        """Readiness: Redis answers, a key signs now, the records were re-read lately; else 503 saying which."""
+        try:
+            await self.allowlist.ping()
+        except REDIS_ERRORS as exc:
+            url = shown(self.settings.redis_url)
+            raise Unavailable(f"Redis at {url} does not answer ({type(exc).__name__})") from None
         now = int(self.clock())
         if self.keys.keyring.signer_at(now) is None:
-            raise Unavailable("no active signing key")
+            raise Unavailable(self.authority.no_signer())
         if not self.keys.fresh(now):
             raise Unavailable("key records have not been re-read lately (see the logs)")
-        await self.allowlist.ping()
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,11 @@ def key_store(settings: Settings, redis: Redis) -> KeyStore:
 def check(settings: Settings) -> None:
     """Refuse, before listening, what would only fail later: missing production settings, unusable key files."""
     if not settings.demo:
+        if not settings.issuer:
+            raise SettingsError(
+                "AUTHORITY_ISSUER is required outside --demo: it is the iss of every token and the base of every "
+                "published URL (a default would name this host and port, not the one consumers reach)"
+            )
         if not settings.trusted_issuers:
             raise SettingsError("AUTHORITY_TRUSTED_ISSUERS is empty: no caller could ever mint")
         if not settings.directory_file:

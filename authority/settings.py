@@ -83,6 +83,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     demo: bool = False
 
     def __post_init__(self) -> None:
+        if self.issuer is not None and (not self.issuer or self.issuer.endswith("/")):
+            raise ValueError(
+                f"issuer {self.issuer!r} must be a URL without a trailing '/': it is the iss of every token, and "
+                "consumers compare it as typed"
+            )
         if self.session_ttl_s > self.session_max_ttl_s:
             raise ValueError("session_ttl_s must not exceed session_max_ttl_s")
         if self.key_prepublish_s < self.jwks_max_age_s:
@@ -105,7 +110,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     @property
     def public_issuer(self) -> str:
         """The ``iss`` of every token we sign, and the base of every URL we publish."""
-        return (self.issuer or f"http://{self.host}:{self.port}").rstrip("/")
+        return self.issuer or f"http://{self.host}:{self.port}"  # no default outside --demo (services.check)
 
     @property
     def exchange_audience(self) -> str:

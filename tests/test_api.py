@@ -253,10 +253,21 @@ def test_jwks_and_discovery(client: TestClient[Any]) -> None:
     not_modified = client.get(JWKS, headers={"If-None-Match": response.headers["etag"]})
     assert not_modified.status_code == 304
 
-    meta = client.get(DISCOVERY).json()
+    discovered = client.get(DISCOVERY)
+    assert "max-age=300" in discovered.headers["cache-control"]
+    meta = discovered.json()
     assert meta["issuer"] == "http://authority.test"
     assert meta["jwks_uri"] == f"http://authority.test{JWKS}"
     assert meta["exchange_endpoint"] == f"http://authority.test{EXCHANGE}"
+
+
+@pytest.mark.parametrize(
+    "given", ["W/{etag}", '"stale", {etag}', '{etag}, W/"stale"', "*"], ids=["weak", "list", "list-weak", "any"]
+)
+def test_jwks_answers_304_to_every_form_of_if_none_match_rfc_9110_allows(client: TestClient[Any], given: str) -> None:
+    etag = client.get(JWKS).headers["etag"]
+    assert client.get(JWKS, headers={"If-None-Match": given.format(etag=etag)}).status_code == 304
+    assert client.get(JWKS, headers={"If-None-Match": '"stale", W/"older"'}).status_code == 200
 
 
 def test_probes_and_schema(client: TestClient[Any]) -> None:

@@ -134,6 +134,7 @@ def the_images_command(redis_url: str, tmp_path: Path, **settings: str) -> Itera
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "AUTHORITY_REDIS_URL": redis_url,
         "AUTHORITY_REDIS_PREFIX": f"deploy{port}:",
+        "AUTHORITY_ISSUER": f"http://127.0.0.1:{port}",
         "AUTHORITY_KEY_STORE": "redis",
         "AUTHORITY_KEY_PASSPHRASE": "deploy test passphrase",
         "AUTHORITY_DIRECTORY_FILE": str(ROOT / "authority" / "demo_directory.json"),

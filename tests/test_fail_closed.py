@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from authority.embedded import EmbeddedRedis
+from authority.embedded import EmbeddedRedis, free_port
 from tests.helpers import EXCHANGE, HEALTHZ, READYZ, STAFF, Stack, assert_problem
 
 
@@ -59,3 +59,17 @@ def test_with_min_replicas_an_unreplicated_exchange_hands_nothing_out(
             token = client.get(STAFF, params={"coworkerId": 43}, headers=operator).json()["token"]
             exchanged = client.post(EXCHANGE, json={"token": token})
             assert exchanged.status_code == 200, exchanged.text
+
+
+def test_with_redis_unreachable_at_start_readiness_and_mint_name_redis(make_stack: Callable[..., Stack]) -> None:
+    """The service starts (not ready) and says why: Redis, at its URL, without the password in it."""
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    stack = make_stack(redis_url=url, key_store="redis")
+    with stack.client() as client:
+        readiness = client.get(READYZ)
+        assert_problem(readiness, 503, "unavailable")
+        minted = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7"))
+        assert_problem(minted, 503, "unavailable")
+        for answer in (readiness, minted):
+            assert "Redis at redis://127.0.0.1:" in answer.json()["detail"], answer.text
+            assert "s3cret" not in answer.text

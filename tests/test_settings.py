@@ -36,9 +36,16 @@ def test_defaults() -> None:
 
 def test_values_are_parsed_from_strings() -> None:
     s = load({"AUTHORITY_PORT": "9000", "AUTHORITY_REDIS_TIMEOUT_S": "0.25", "AUTHORITY_KEY_ALG": "ES256",
-                      "AUTHORITY_IMPERSONATION_TTL_S": "30", "AUTHORITY_ISSUER": "https://auth.example/"})  # fmt: skip
+                      "AUTHORITY_IMPERSONATION_TTL_S": "30", "AUTHORITY_ISSUER": "https://auth.example"})  # fmt: skip
     assert (s.port, s.redis_timeout_s, s.key_alg, s.impersonation_ttl_s) == (9000, 0.25, "ES256", 30)
-    assert s.public_issuer == "https://auth.example"  # one spelling of iss, however the variable ends
+    assert s.public_issuer == "https://auth.example"
+
+
+@pytest.mark.parametrize("issuer", ["https://auth.example/", "https://auth.example/tenant/", ""])
+def test_an_issuer_is_used_as_typed_or_refused(issuer: str) -> None:
+    """Never silently re-spelled: a consumer configured with the issuer as typed would refuse every token."""
+    with pytest.raises(SettingsError, match="without a trailing '/'"):
+        load({"AUTHORITY_ISSUER": issuer})
 
 
 def test_overrides_win_over_the_environment() -> None:
@@ -142,6 +149,7 @@ def test_a_new_key_is_published_for_a_whole_jwks_cache_lifetime_before_it_signs(
 def production(tmp_path: Path, **changes: Any) -> Settings:
     fields: dict[str, Any] = {
         "redis_url": "redis://127.0.0.1:6399/0",
+        "issuer": "https://authority.example",
         "keys_dir": str(tmp_path / "keys"),
         "key_passphrase": PASSPHRASE,
         "directory_file": str(Path(demo.__file__).with_name("demo_directory.json")),
@@ -157,7 +165,8 @@ def test_create_app_accepts_a_complete_production_config(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("missing", "variable"),
-    [("trusted_issuers", "AUTHORITY_TRUSTED_ISSUERS"), ("directory_file", "AUTHORITY_DIRECTORY_FILE"),
+    [("issuer", "AUTHORITY_ISSUER"), ("trusted_issuers", "AUTHORITY_TRUSTED_ISSUERS"),
+     ("directory_file", "AUTHORITY_DIRECTORY_FILE"),
      ("redis_url", "AUTHORITY_REDIS_URL"), ("key_passphrase", "AUTHORITY_KEY_PASSPHRASE")],
 )  # fmt: skip
 def test_create_app_refuses_an_incomplete_production_config(tmp_path: Path, missing: str, variable: str) -> None:
