@@ -4,13 +4,14 @@ and call the rules here."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from authority.authn import Caller
-from authority.refusals import CustomerSession, Forbidden, NestedImpersonation
+from authority.refusals import CustomerSession, Forbidden, InvalidRequest, NestedImpersonation, UnsupportedMediaType
 
 STAFF_ROLES = frozenset({"admin", "operator"})
 CUSTOMER_ROLE = "customer"
@@ -61,6 +62,20 @@ async def staff(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteH
 async def member(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: a customer (whether they administer the team is the directory's to say)."""
     require_member(connection.user)
+
+
+def body_of(media_type: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
+    """Guard: the request's body is of ``media_type`` and not empty, said before the body is parsed, so a form sent
+    to a JSON route gets 415 rather than a parser's complaint about its bytes."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        given = connection.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if given != media_type:
+            raise UnsupportedMediaType(f"send the body as {media_type}" + (f", not {given}" if given else ""))
+        if connection.headers.get("content-length") == "0":
+            raise InvalidRequest(f"the body is empty: send the token as {media_type}")
+
+    return guard
 
 
 async def unimpersonated(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:

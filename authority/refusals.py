@@ -32,7 +32,7 @@ class InvalidRequest(Refusal):
 class UnsupportedMediaType(Refusal):
     status = 415
     code = "unsupported-media-type"
-    title = "The body must be application/json"
+    title = "The body's media type is not accepted here"
 
 
 class Unauthenticated(Refusal):

@@ -206,11 +206,11 @@ class MintController(Controller):
         self,
         request: Request[Caller, None, State],
         authority: AuthorityDep,
-        coworker_id: Annotated[str, QueryParameter(name="coworkerId", pattern=ID_PATTERN, description=_ID_DOC)],
+        coworkerId: Annotated[str, QueryParameter(pattern=ID_PATTERN, description=_ID_DOC)],  # errors name it so
     ) -> MintResponse:
         if len(request.query_params.getall("coworkerId")) != 1:
             raise InvalidRequest("coworkerId must be given exactly once")
-        return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworker_id)))
+        return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworkerId)))
 
     @get(
         "/api/public/coworkers/{coworkerId:str}/impersonate",
@@ -258,8 +258,9 @@ class SessionController(Controller):
         "/oauth2/introspect",
         name="introspect",
         status_code=HTTP_200_OK,
+        guards=[policy.body_of("application/x-www-form-urlencoded")],
         summary="RFC 7662 token introspection",
-        responses=problems(InvalidRequest, Unauthenticated, NestedImpersonation, Unavailable),
+        responses=problems(InvalidRequest, Unauthenticated, NestedImpersonation, UnsupportedMediaType, Unavailable),
     )
     async def introspect(
         self, request: Request[Caller, None, State], authority: AuthorityDep, data: URLEncodedBody[IntrospectionRequest]
@@ -275,13 +276,12 @@ class SessionController(Controller):
     tags=["impersonation"],
     summary="Exchange an impersonation token, once, for a bearer session",
     responses=_EXCHANGE_PROBLEMS,
+    guards=[policy.body_of("application/json")],
     opt=PUBLIC,  # the impersonation token in the body is the credential
 )
 async def exchange(
     request: Request[Any, Any, State], data: JSONBody[ExchangeRequest], authority: AuthorityDep
 ) -> SessionGrant:
-    if request.content_type[0] != "application/json":
-        raise UnsupportedMediaType("send the token as application/json")
     try:  # msgspec read the body keeping the last of repeated names; a request means one thing or is refused
         check_unique_names(await request.body())
     except ValueError as exc:

@@ -12,6 +12,7 @@ from tests.helpers import (
     DISCOVERY,
     EXCHANGE,
     HEALTHZ,
+    INTROSPECT,
     JWKS,
     READYZ,
     SCHEMA,
@@ -295,3 +296,21 @@ def test_openapi_documents_every_refusal_with_an_example(client: TestClient[Any]
     replay = exchange["401"]["content"]["application/problem+json"]["examples"]
     assert any(e["value"]["type"] == "urn:authority:problem:token-replayed" for e in replay.values())
     assert {"200", "400", "401", "415", "503"} <= exchange.keys()
+
+
+def test_body_errors_say_what_is_wrong(client: TestClient[Any], stack: Stack) -> None:
+    """A form sent where JSON is wanted (and the reverse) is a 415 naming both media types; an empty body says so;
+    a parameter error names the parameter as the caller wrote it."""
+    form = client.post(EXCHANGE, data={"token": "x"})
+    assert_problem(form, 415, "unsupported-media-type")
+    assert "application/json" in form.json()["detail"]
+    empty = client.post(EXCHANGE, content=b"", headers={"content-type": "application/json"})
+    assert_problem(empty, 400, "invalid-request")
+    assert "empty" in empty.json()["detail"]
+    operator = stack.bearer("operator", "7")
+    as_json = client.post(INTROSPECT, json={"token": "x"}, headers=operator)
+    assert_problem(as_json, 415, "unsupported-media-type")
+    assert "application/x-www-form-urlencoded" in as_json.json()["detail"]
+    bad_id = client.get(STAFF, params={"coworkerId": "x"}, headers=operator)
+    assert_problem(bad_id, 400, "invalid-request")
+    assert [error["key"] for error in bad_id.json()["errors"]] == ["coworkerId"]
