@@ -30,6 +30,7 @@ from authority.keys.lifecycle import state
 from authority.services import audit_stream, build
 
 REDIS_URL_FILE = "redis.url"
+FOLLOW_BLOCK_MS = 1000  # how long one read of `audit tail --follow` waits on the server for new events
 APPLIED_WAIT_S = 5.0  # how long key commands wait for running processes to confirm they re-read the records
 # What an operator can fix (a setting, a key file, Redis): a one-line message, not a traceback.
 OPERATOR_ERRORS: tuple[type[Exception], ...] = (
@@ -83,19 +84,32 @@ def _audit(args: argparse.Namespace) -> int:
     return asyncio.run(_audit_tail(_operator_settings(args.demo), args.lines, args.follow))
 
 
+def _with_utc_time(line: bytes) -> str:
+    """An audit event as printed: its ``ts`` also as an ISO 8601 UTC time, first, for a reader."""
+    event = msgspec.json.decode(line)
+    when = datetime.fromtimestamp(event["ts"], UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return msgspec.json.encode({"time": when, **event}).decode()
+
+
 async def _audit_tail(config: settings.Settings, lines: int, follow: bool) -> int:
-    """Print the newest audit events, one JSON object a line; ``follow`` keeps printing new ones."""
-    redis, stream = connect_redis(config), audit_stream(config)
+    """Print the newest audit events, one JSON object a line; ``follow`` keeps printing new ones until interrupted.
+
+    Each blocking read waits ``FOLLOW_BLOCK_MS`` on the server, on a connection whose timeout is that plus a margin:
+    the server ends a block on its timer tick (100 ms at the default ``hz``), so a read blocking as long as the
+    configured timeout would read as Redis down on a quiet stream."""
+    patient = msgspec.structs.replace(config, redis_timeout_s=min(30.0, FOLLOW_BLOCK_MS / 1000 + 2))
+    redis, stream = connect_redis(patient), audit_stream(config)
+    block_ms = FOLLOW_BLOCK_MS
     try:
         entries = cast(_Entries, await redis.xrevrange(stream, count=lines))
-        last = entries[0][0] if entries else b"$"
+        last = entries[0][0] if entries else b"0-0"  # with none yet, every entry to come is new
         for _, fields in reversed(entries):
-            print(fields[b"event"].decode(), flush=True)
+            print(_with_utc_time(fields[b"event"]), flush=True)
         while follow:
-            streams = cast(list[tuple[bytes, _Entries]], await redis.xread({stream: last}, block=1000) or [])
+            streams = cast(list[tuple[bytes, _Entries]], await redis.xread({stream: last}, block=block_ms) or [])
             for _, batch in streams:
                 for entry_id, fields in batch:
-                    print(fields[b"event"].decode(), flush=True)
+                    print(_with_utc_time(fields[b"event"]), flush=True)
                     last = entry_id
     finally:
         await redis.aclose()

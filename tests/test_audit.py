@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
@@ -89,3 +93,27 @@ def test_audit_tail_prints_the_newest_events(
     assert main(["audit", "tail", "-n", "2"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["request_id"] for e in lines] == ["tail-1", "tail-2"]
+
+
+def test_audit_tail_follow_keeps_following_a_quiet_stream(stack: Stack) -> None:
+    """Past many Redis timeouts of silence, ``--follow`` is still there, and prints what comes, with a UTC time."""
+    env = {
+        **os.environ,
+        "AUTHORITY_REDIS_URL": str(stack.settings.redis_url),
+        "AUTHORITY_REDIS_PREFIX": stack.settings.redis_prefix,
+        "AUTHORITY_REDIS_TIMEOUT_S": "0.2",
+    }
+    command = [sys.executable, "-m", "authority.cli", "audit", "tail", "-f"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # ten Redis timeouts with nothing to read
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        event = {"ts": 1_800_000_000.5, "event": "mint", "outcome": "issued", "request_id": "followed"}
+        with direct_redis(stack) as redis:
+            redis.xadd(f"{stack.settings.redis_prefix}audit", {"event": json.dumps(event)})
+        assert process.stdout is not None
+        line = json.loads(process.stdout.readline())  # the test's timeout bounds this read
+        assert (line["request_id"], line["time"]) == ("followed", "2027-01-15T08:00:00.500Z")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
