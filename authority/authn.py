@@ -84,6 +84,14 @@ class JwksSource:
                 jwks = jwt.PyJWKSet.from_json(Path(issuer.jwks_file).read_text())
             except (OSError, jwt.PyJWTError) as exc:
                 raise ValueError(f"trusted issuer {issuer.issuer}: jwks_file: {exc}") from None
+            # Callers name their key by kid; a key without one (what PyJWT's to_jwk writes) could never be chosen,
+            # and every bearer it signed would fail as "unknown key": refused at start instead.
+            unnamed = [n for n, key in enumerate(jwks.keys) if not key.key_id]
+            if unnamed:
+                raise ValueError(
+                    f"trusted issuer {issuer.issuer}: jwks_file {issuer.jwks_file}: key #{unnamed[0]} has no kid; "
+                    "give every key the kid its issuer puts in its tokens' headers"
+                )
             self._static = {k.key_id: k for k in jwks.keys if k.key_id}
         elif issuer.jwks_url is not None:
             self._client = jwt.PyJWKClient(issuer.jwks_url, cache_jwk_set=True, lifespan=300, timeout=timeout)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from jwt.algorithms import OKPAlgorithm
 
 from authority import demo
 from authority.app import create_app
@@ -199,3 +201,13 @@ def test_waiting_for_replicas_must_end_before_the_redis_timeout() -> None:
         load({"AUTHORITY_REDIS_MIN_REPLICAS": "1", "AUTHORITY_REDIS_REPLICA_TIMEOUT_MS": "500"})
     s = load({"AUTHORITY_REDIS_MIN_REPLICAS": "1", "AUTHORITY_REDIS_REPLICA_TIMEOUT_MS": "400"})
     assert (s.redis_min_replicas, s.redis_replica_timeout_ms) == (1, 400)
+
+
+def test_a_trusted_issuers_jwks_file_with_a_key_without_kid_stops_the_start(tmp_path: Path) -> None:
+    """Else it is accepted and every bearer it signed fails as signed by an unknown key."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    jwks = tmp_path / "portal.jwks.json"
+    jwks.write_text(json.dumps({"keys": [json.loads(OKPAlgorithm.to_jwk(key.public_key()))]}))  # no kid, as PyJWT
+    issuer = {"issuer": "https://portal.example", "audiences": ["authority"], "jwks_file": str(jwks)}
+    with pytest.raises(ValueError, match=r"key #0 has no kid"):
+        create_app(production(tmp_path, trusted_issuers=[issuer]))
