@@ -4,9 +4,16 @@ Configuration comes from ``AUTHORITY_*`` only; ``--demo`` does not exist here, s
 an embedded Redis or the demo issuer. Each worker process builds its own app (and Redis pool) from the same settings.
 """
 
+import sys
+
 from authority import logs
 from authority.app import create_app
+from authority.services import OPERATOR_ERRORS, say
 from authority.settings import load
 
 logs.configure()
-app = create_app(load())
+try:
+    app = create_app(load())
+except OPERATOR_ERRORS as exc:  # one line per mistake in every worker's log, not a traceback
+    say(exc, sys.stderr)
+    raise SystemExit(2) from None

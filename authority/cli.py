@@ -23,19 +23,15 @@ import uvicorn
 
 from authority import demo, logs, settings
 from authority.app import create_app
-from authority.connection import REDIS_ERRORS, connect_redis
+from authority.connection import connect_redis
 from authority.embedded import EmbeddedRedis
-from authority.keys import KeyStoreError
 from authority.keys.lifecycle import state
-from authority.services import audit_stream, build
+from authority.services import OPERATOR_ERRORS, audit_stream, build, say
 
 REDIS_URL_FILE = "redis.url"
 FOLLOW_BLOCK_MS = 1000  # how long one read of `audit tail --follow` waits on the server for new events
 APPLIED_WAIT_S = 5.0  # how long key commands wait for running processes to confirm they re-read the records
 # What an operator can fix (a setting, a key file, Redis): a one-line message, not a traceback.
-OPERATOR_ERRORS: tuple[type[Exception], ...] = (
-    settings.SettingsError, KeyStoreError, ValueError, TimeoutError, PermissionError, *REDIS_ERRORS,
-)  # fmt: skip
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]  # stream entries as redis-py returns them
 
 
@@ -197,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except OPERATOR_ERRORS as exc:
-        print(f"authority: {exc}", file=sys.stderr)
+        say(exc, sys.stderr)
         return 2
     return code
 

@@ -41,6 +41,17 @@ from authority.replay import Allowlist
 from authority.settings import Settings, SettingsError
 
 logger = logging.getLogger("authority")
+# What an operator can fix (a setting, a key file, Redis): said in one line each, never as a traceback.
+OPERATOR_ERRORS: tuple[type[Exception], ...] = (
+    SettingsError, KeyStoreError, ValueError, TimeoutError, PermissionError, *REDIS_ERRORS,
+)  # fmt: skip
+
+
+def say(error: Exception, out: TextIO) -> None:
+    for line in str(error).splitlines():  # one line per mistake, all of them
+        print(f"authority: {line}", file=out)
+
+
 START_WAIT_S = 65  # the rotation lock's lifetime and a margin: a sibling that died holding it has let go by then
 
 

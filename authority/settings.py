@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
 import msgspec
 
@@ -83,24 +83,34 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     demo: bool = False
 
     def __post_init__(self) -> None:
+        if broken := self.rules_broken():
+            raise ValueError("\n".join(broken))
+
+    def rules_broken(self) -> list[str]:
+        """Every rule across settings this configuration breaks, one line each, naming the variables and the values
+        in force: an operator fixes them all in one go."""
+        v = {name: f"{PREFIX}{name.upper()}={getattr(self, name)}" for name in msgspec.structs.asdict(self)}
+        broken = []
         if self.issuer is not None and (not self.issuer or self.issuer.endswith("/")):
-            raise ValueError(
-                f"issuer {self.issuer!r} must be a URL without a trailing '/': it is the iss of every token, and "
-                "consumers compare it as typed"
+            broken.append(
+                f"{PREFIX}ISSUER={self.issuer!r} must be a URL without a trailing '/': it is the iss of every token, "
+                "and consumers compare it as typed"
             )
         if self.session_ttl_s > self.session_max_ttl_s:
-            raise ValueError("session_ttl_s must not exceed session_max_ttl_s")
+            broken.append(f"{v['session_ttl_s']} must not exceed {v['session_max_ttl_s']}")
         if self.key_prepublish_s < self.jwks_max_age_s:
-            raise ValueError(
-                "key_prepublish_s must be at least jwks_max_age_s: every cached JWKS must hold a key before it signs"
-            )
-        if self.redis_min_replicas and self.redis_replica_timeout_ms >= self.redis_timeout_s * 1000:
-            raise ValueError(
-                "redis_replica_timeout_ms must be shorter than redis_timeout_s: a WAIT for replicas that lasts longer "
-                "reads as Redis not answering"
+            broken.append(
+                f"{v['key_prepublish_s']} must be ≥ {v['jwks_max_age_s']}: every cached JWKS must hold a key before "
+                "it signs"
             )
         if self.key_prepublish_s >= self.key_rotation_s:
-            raise ValueError("key_prepublish_s must be shorter than key_rotation_s")
+            broken.append(f"{v['key_prepublish_s']} must be shorter than {v['key_rotation_s']}")
+        if self.redis_min_replicas and self.redis_replica_timeout_ms >= self.redis_timeout_s * 1000:
+            broken.append(
+                f"{v['redis_replica_timeout_ms']} must be shorter than {v['redis_timeout_s']}: a WAIT for replicas "
+                "that lasts longer reads as Redis not answering"
+            )
+        return broken
 
     @property
     def key_retention_s(self) -> int:
@@ -131,19 +141,20 @@ def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Se
     value is converted on its own, so an error names its variable without reading the converter's message."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
-    for name, value in env.items():
+    errors: list[str] = []  # all of them at once, one line each
+    for name, value in sorted(env.items()):
         if not name.startswith(PREFIX) or name.startswith(f"{PREFIX}TEST_"):
             continue
         field = name.removeprefix(PREFIX).lower()
         if field == "demo":
-            raise SettingsError("demo mode is chosen with the --demo flag only, never by the environment")
-        if field not in _FIELDS:
-            raise SettingsError(f"unknown variable {name}")
-        if field in _JSON_FIELDS:
+            errors.append(f"{name}: demo mode is chosen with the --demo flag only, never by the environment")
+        elif field not in _FIELDS:
+            errors.append(f"unknown variable {name}")
+        elif field in _JSON_FIELDS:
             try:
                 raw[field] = msgspec.json.decode(value)
             except msgspec.DecodeError as exc:
-                raise SettingsError(f"{name}: not valid JSON ({exc})") from None
+                errors.append(f"{name}: not valid JSON ({exc})")
         else:
             raw[field] = value
     raw.update(overrides)
@@ -151,7 +162,10 @@ def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Se
         try:
             msgspec.convert(given, _FIELDS[key], strict=False)
         except msgspec.ValidationError as exc:
-            raise SettingsError(f"{PREFIX}{key.upper()}: {exc}") from None
+            allowed = get_args(_FIELDS[key]) if get_origin(_FIELDS[key]) is Literal else ()
+            errors.append(f"{PREFIX}{key.upper()}: {exc}" + (f" (one of {', '.join(allowed)})" if allowed else ""))
+    if errors:
+        raise SettingsError("\n".join(errors))
     try:  # every value fits its field: what is left is a rule across fields, whose message names them
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:

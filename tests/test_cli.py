@@ -67,7 +67,10 @@ def test_wrong_passphrase_is_refused_with_a_message(
 def test_bad_settings_stop_the_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTHORITY_KEY_PREPUBLISH_S", "10")
     assert main(["keys", "list"]) == 2
-    assert "jwks_max_age_s" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines() == [
+        "authority: AUTHORITY_KEY_PREPUBLISH_S=10 must be ≥ AUTHORITY_JWKS_MAX_AGE_S=300: every cached JWKS must hold "
+        "a key before it signs"
+    ]
 
 
 def test_keys_demo_needs_a_running_demo_server(

@@ -380,3 +380,23 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(redis_url: st
             f"{len(held[victim.pid])}, on the other {len(held[survivor.pid])}; {len(probes)} new connection(s) to "
             f"reach the replacement; replay of every token: {dict(replays)}"
         )
+
+
+def test_a_bad_configuration_stops_the_images_command_with_one_line_per_mistake(tmp_path: Path) -> None:
+    """Under the image's exact command (granian, 2 workers): every worker says what is wrong in one line, with no
+    traceback, and the server exits non-zero rather than serving, or restarting workers for ever."""
+    command = json.loads(instruction("CMD")[0])
+    command[command.index("--port") + 1] = str(free_port())
+    command[command.index("--host") + 1] = "127.0.0.1"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")},
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "AUTHORITY_PORT": "eighty",
+        "AUTHORITY_KEY_ALG": "HS256",
+    }
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "Traceback" not in output
+    assert "authority: AUTHORITY_PORT: Expected `int`, got `str`" in output
+    assert "authority: AUTHORITY_KEY_ALG: Invalid enum value 'HS256' (one of EdDSA, ES256, RS256)" in output, output

@@ -129,17 +129,21 @@ def test_both_jwks_sources_message_names_the_issuer() -> None:
 
 
 def test_session_ttl_may_not_exceed_its_maximum() -> None:
-    with pytest.raises(SettingsError, match="session_ttl_s must not exceed session_max_ttl_s"):
+    with pytest.raises(SettingsError, match="AUTHORITY_SESSION_TTL_S=7200 must not exceed AUTHORITY_SESSION_MAX_TTL_S"):
         load({"AUTHORITY_SESSION_TTL_S": "7200"})
-    with pytest.raises(SettingsError, match="session_ttl_s must not exceed session_max_ttl_s"):
+    with pytest.raises(
+        SettingsError, match="AUTHORITY_SESSION_TTL_S=600 must not exceed AUTHORITY_SESSION_MAX_TTL_S=300"
+    ):
         load({"AUTHORITY_SESSION_TTL_S": "600", "AUTHORITY_SESSION_MAX_TTL_S": "300"})
     assert load({"AUTHORITY_SESSION_TTL_S": "3600"}).session_ttl_s == 3600
 
 
 def test_a_new_key_is_published_for_a_whole_jwks_cache_lifetime_before_it_signs() -> None:
-    with pytest.raises(SettingsError, match="key_prepublish_s must be at least jwks_max_age_s"):
+    with pytest.raises(SettingsError, match="AUTHORITY_KEY_PREPUBLISH_S=60 must be ≥ AUTHORITY_JWKS_MAX_AGE_S=300"):
         load({"AUTHORITY_KEY_PREPUBLISH_S": "60", "AUTHORITY_JWKS_MAX_AGE_S": "300"})
-    with pytest.raises(SettingsError, match="key_prepublish_s must be shorter than key_rotation_s"):
+    with pytest.raises(
+        SettingsError, match="AUTHORITY_KEY_PREPUBLISH_S=3600 must be shorter than AUTHORITY_KEY_ROTATION_S=3600"
+    ):
         load({"AUTHORITY_KEY_PREPUBLISH_S": "3600", "AUTHORITY_KEY_ROTATION_S": "3600"})
     s = load({"AUTHORITY_KEY_PREPUBLISH_S": "300", "AUTHORITY_KEY_ROTATION_S": "600", "AUTHORITY_KEY_STORE": "redis"})
     assert (s.key_prepublish_s, s.key_rotation_s, s.key_store) == (300, 600, "redis")
@@ -197,7 +201,10 @@ def test_malformed_redis_url_is_a_settings_error(tmp_path: Path, url: str) -> No
 
 def test_waiting_for_replicas_must_end_before_the_redis_timeout() -> None:
     """Else a WAIT that legitimately lasts reads as Redis not answering, and a confirmed exchange as a failure."""
-    with pytest.raises(SettingsError, match="redis_replica_timeout_ms must be shorter than redis_timeout_s"):
+    with pytest.raises(
+        SettingsError,
+        match=r"AUTHORITY_REDIS_REPLICA_TIMEOUT_MS=500 must be shorter than AUTHORITY_REDIS_TIMEOUT_S=0\.5",
+    ):
         load({"AUTHORITY_REDIS_MIN_REPLICAS": "1", "AUTHORITY_REDIS_REPLICA_TIMEOUT_MS": "500"})
     s = load({"AUTHORITY_REDIS_MIN_REPLICAS": "1", "AUTHORITY_REDIS_REPLICA_TIMEOUT_MS": "400"})
     assert (s.redis_min_replicas, s.redis_replica_timeout_ms) == (1, 400)
@@ -211,3 +218,21 @@ def test_a_trusted_issuers_jwks_file_with_a_key_without_kid_stops_the_start(tmp_
     issuer = {"issuer": "https://portal.example", "audiences": ["authority"], "jwks_file": str(jwks)}
     with pytest.raises(ValueError, match=r"key #0 has no kid"):
         create_app(production(tmp_path, trusted_issuers=[issuer]))
+
+
+def test_every_mistake_is_named_at_once_one_line_each() -> None:
+    """An operator fixes a configuration in one go: every bad variable, each on its own line, with the values."""
+    with pytest.raises(SettingsError) as bad_values:
+        load({"AUTHORITY_PORT": "eighty", "AUTHORITY_KEY_ALG": "HS256", "AUTHORITY_NOPE": "1"})
+    lines = str(bad_values.value).splitlines()
+    assert len(lines) == 3
+    assert any(line == "unknown variable AUTHORITY_NOPE" for line in lines)
+    assert any(line.startswith("AUTHORITY_PORT: ") for line in lines)
+    assert any(line.startswith("AUTHORITY_KEY_ALG: ") and "ES256" in line for line in lines)  # the allowed values
+    with pytest.raises(SettingsError) as bad_rules:
+        load({"AUTHORITY_KEY_PREPUBLISH_S": "60", "AUTHORITY_SESSION_TTL_S": "7200"})
+    assert str(bad_rules.value).splitlines() == [
+        "AUTHORITY_SESSION_TTL_S=7200 must not exceed AUTHORITY_SESSION_MAX_TTL_S=3600",
+        "AUTHORITY_KEY_PREPUBLISH_S=60 must be ≥ AUTHORITY_JWKS_MAX_AGE_S=300: every cached JWKS must hold a key "
+        "before it signs",
+    ]
