@@ -20,13 +20,14 @@ from typing import cast
 
 import msgspec
 import uvicorn
+from redis.asyncio import Redis
 
 from authority import demo, logs, settings
 from authority.app import create_app
 from authority.connection import connect_redis
 from authority.embedded import EmbeddedRedis
 from authority.keys.lifecycle import state
-from authority.services import OPERATOR_ERRORS, audit_stream, build, say
+from authority.services import OPERATOR_ERRORS, audit_stream, build, key_store, say
 
 REDIS_URL_FILE = "redis.url"
 FOLLOW_BLOCK_MS = 1000  # how long one read of `audit tail --follow` waits on the server for new events
@@ -112,27 +113,50 @@ async def _audit_tail(config: settings.Settings, lines: int, follow: bool) -> in
     return 0
 
 
+async def _other_store_holds_keys(config: settings.Settings, redis: Redis) -> str | None:
+    """The store this configuration does not use, if it holds key records: the sign of a command pointed at the
+    wrong one (the default file store, say, beside a deployment whose keys live in Redis)."""
+    other = msgspec.structs.replace(config, key_store="redis" if config.key_store == "file" else "file")
+    store = key_store(other, redis)
+    return str(store) if await store.load() else None
+
+
 async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> int:
-    services = build(config)
-    keys = services.keys
+    """Acts on the store the settings name, and says which; refuses to create keys in an empty store while the
+    other holds some. ``list`` needs no passphrase: it reads records, it unseals nothing."""
+    redis = connect_redis(config)
     try:
-        effect = None
-        if args.keys_command == "rotate":
-            effect = await keys.rotate_now(wait_s=APPLIED_WAIT_S)
-        elif args.keys_command == "retire":
-            if args.kid not in {r.kid for r in await keys.store.load()}:
-                raise ValueError(f"no key {args.kid}")
-            effect = await keys.retire(args.kid, wait_s=APPLIED_WAIT_S)
-        records = await keys.store.load()
+        store = key_store(config, redis)
+        print(f"key store: {store}", file=sys.stderr)
+        records = await store.load()
+        if not records and (elsewhere := await _other_store_holds_keys(config, redis)):
+            raise settings.SettingsError(
+                f"no keys in {store}, but {elsewhere} holds some: set AUTHORITY_KEY_STORE (and the Redis prefix or "
+                "keys folder) to the deployment's"
+            )
     finally:
-        await services.close()
+        await redis.aclose()
+    effect = None
+    if args.keys_command != "list":
+        services = build(config, log=None)  # audit events go to the stream, not into this table
+        try:
+            if args.keys_command == "rotate":
+                effect = await services.keys.rotate_now(wait_s=APPLIED_WAIT_S)
+            elif args.keys_command == "retire":
+                if args.kid not in {r.kid for r in records}:
+                    raise ValueError(f"no key {args.kid}")
+                effect = await services.keys.retire(args.kid, wait_s=APPLIED_WAIT_S)
+            records = await services.keys.store.load()
+        finally:
+            await services.close()
     if effect is not None:
         print(f"in effect on {effect.confirmed} of {effect.listening} running service processes", file=sys.stderr)
     now = int(time.time())
     print(f"{'kid':44} {'alg':6} {'state':9} {'created':20} {'activates':20} retires")
     for r in sorted(records, key=lambda r: r.activates_at):
         print(
-            f"{r.kid:44} {r.alg:6} {state(r, now):9} {_when(r.created_at)} {_when(r.activates_at)} "
+            f"{r.kid:44} {r.alg:6} {'revoked' if r.revoked else state(r, now):9} {_when(r.created_at)} "
+            f"{_when(r.activates_at)} "
             f"{_when(r.retires_at) if r.retires_at else '-'}"
         )
     return 0

@@ -39,12 +39,12 @@ def test_rotate_and_retire_from_the_command_line(capsys: pytest.CaptureFixture[s
 
     # a standby can be withdrawn; another replaces it; revoked records stay listed (as removed) until deleted
     listed = keys(capsys, "retire", standby)
-    assert (listed[active], listed[standby]) == ("active", "removed")
+    assert (listed[active], listed[standby]) == ("active", "revoked")
     (replacement,) = [kid for kid, state in listed.items() if state == "pending"]
 
     after = keys(capsys, "retire", active)  # emergency: the standby every consumer holds signs, the old key out
-    assert (after[active], after[replacement]) == ("removed", "active")
-    assert sorted(after.values()) == ["active", "pending", "removed"]  # the withdrawn standby is deleted by now
+    assert (after[active], after[replacement]) == ("revoked", "active")
+    assert sorted(after.values()) == ["active", "pending", "revoked"]  # the withdrawn standby is deleted by now
 
 
 @pytest.mark.usefixtures("env")
@@ -85,3 +85,30 @@ def test_keys_demo_needs_a_running_demo_server(
 def test_a_kid_beginning_with_a_dash_is_a_kid(kid: str) -> None:
     """RFC 7638 thumbprints are base64url: one in 64 begins with "-" (the suite once drew one)."""
     assert parser().parse_args(["keys", "retire", kid]).kid == kid
+
+
+@pytest.mark.usefixtures("env")
+def test_the_keys_commands_name_their_store_and_keep_the_audit_out_of_the_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["keys", "rotate"]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("key store: redis hash ")
+    assert all(not line.startswith("{") for line in out.splitlines() + err.splitlines())  # no audit JSON
+    monkeypatch.delenv("AUTHORITY_KEY_PASSPHRASE")
+    assert len(keys(capsys, "list")) == 2  # listing reads records; it unseals nothing, so needs no passphrase
+
+
+@pytest.mark.usefixtures("env")
+def test_a_command_pointed_at_the_wrong_store_refuses_instead_of_making_keys(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The deployment keeps its keys in Redis; an operator forgets AUTHORITY_KEY_STORE (the default is the file
+    store): rotate must not make a fresh key set in ./keys and report success."""
+    keys(capsys, "rotate")
+    monkeypatch.setenv("AUTHORITY_KEY_STORE", "file")
+    assert main(["keys", "rotate"]) == 2
+    err = capsys.readouterr().err
+    assert "no keys in" in err
+    assert "redis hash" in err
+    assert not list((tmp_path / "keys").glob("*.json"))
