@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import cast
 
 import msgspec
+import redis
 import uvicorn
 from redis.asyncio import Redis
 
@@ -69,7 +70,15 @@ def _operator_settings(demo_flag: bool) -> settings.Settings:
         url_file = Path(config.data_dir) / REDIS_URL_FILE
         if not url_file.exists():
             raise settings.SettingsError(f"no demo server is running here ({url_file} is missing)")
-        config = msgspec.structs.replace(config, redis_url=url_file.read_text().strip())
+        url = url_file.read_text().strip()
+        try:  # a pointer left by a server that has stopped (killed, machine restarted) is no server
+            with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1) as server:
+                server.ping()
+        except redis.RedisError:
+            raise settings.SettingsError(
+                f"no demo server is running here (the one {url_file} names, {url}, does not answer)"
+            ) from None
+        config = msgspec.structs.replace(config, redis_url=url)
     return config
 
 
@@ -184,11 +193,19 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (AUTHORITY_HOST)")
     serve.add_argument("--port", type=int, help="listen port (AUTHORITY_PORT)")
     serve.set_defaults(run=_serve)
+    # `--demo` is read before or after the action (`keys --demo list`, `keys list --demo`); after it, it only ever
+    # sets the flag, never clears what the parent read.
+    demo_after = argparse.ArgumentParser(add_help=False)
+    demo_after.add_argument("--demo", action="store_true", default=argparse.SUPPRESS, help="as before the action")
     keys = commands.add_parser("keys", help="list, rotate or retire signing keys (same settings as serve)")
     keys.add_argument("--demo", action="store_true", help="act on the keys of a running `serve --demo` here")
     actions = keys.add_subparsers(dest="keys_command", required=True)
-    actions.add_parser("list", help="kid, alg, state, created, activates, retires")
-    actions.add_parser("rotate", help="bring the standby forward: it signs once published for the pre-publish time")
+    actions.add_parser("list", parents=[demo_after], help="kid, alg, state, created, activates, retires")
+    actions.add_parser(
+        "rotate",
+        parents=[demo_after],
+        help="bring the standby forward: it signs once published for the pre-publish time",
+    )
     # A kid is base64url and may begin with "-": nothing after `retire` is read as an option (no "-h" there either).
     retire = actions.add_parser(
         "retire", help="emergency: KID leaves the JWKS at once, the standby signs in its place", prefix_chars="+"
@@ -198,7 +215,9 @@ def parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="read the audit stream")
     audit.add_argument("--demo", action="store_true", help="read the stream of a running `serve --demo` here")
     audit_actions = audit.add_subparsers(dest="audit_command", required=True)
-    tail = audit_actions.add_parser("tail", help="print the newest events, one JSON object a line")
+    tail = audit_actions.add_parser(
+        "tail", parents=[demo_after], help="print the newest events, one JSON object a line"
+    )
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     audit.set_defaults(run=_audit)

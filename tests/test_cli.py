@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from authority.cli import main, parser
+from authority.embedded import free_port
 from tests.helpers import PASSPHRASE
 
 
@@ -79,6 +80,10 @@ def test_keys_demo_needs_a_running_demo_server(
     monkeypatch.chdir(tmp_path)
     assert main(["keys", "--demo", "list"]) == 2
     assert "no demo server" in capsys.readouterr().err
+    (tmp_path / ".authority").mkdir()
+    (tmp_path / ".authority" / "redis.url").write_text(f"redis://127.0.0.1:{free_port()}/0")  # a server long gone
+    assert main(["keys", "--demo", "list"]) == 2
+    assert "no demo server is running here" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kid", ["-Abc", "--xyz", "-h"])
@@ -112,3 +117,12 @@ def test_a_command_pointed_at_the_wrong_store_refuses_instead_of_making_keys(
     assert "no keys in" in err
     assert "redis hash" in err
     assert not list((tmp_path / "keys").glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "demo"),
+    [(["keys", "--demo", "list"], True), (["keys", "list", "--demo"], True), (["keys", "list"], False),
+     (["audit", "tail", "--demo"], True), (["audit", "--demo", "tail"], True), (["keys", "rotate", "--demo"], True)],
+)  # fmt: skip
+def test_demo_is_read_before_or_after_the_action(argv: list[str], demo: bool) -> None:
+    assert parser().parse_args(argv).demo is demo
