@@ -21,7 +21,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from authority import problems, routes
 from authority.authn import BearerAuth
-from authority.middleware import RequestGuard, echo_request_id
+from authority.middleware import RequestGuard, bodiless_head, echo_request_id
 from authority.services import Published, build, check
 from authority.settings import Settings
 
@@ -69,7 +69,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
             prometheus.middleware,
             DefineMiddleware(BearerAuth, authenticator=services.authenticator, exclude=["^/schema"]),
         ],
-        before_send=[echo_request_id],
+        before_send=[echo_request_id, bodiless_head],
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # configured once per process by the entry point (logs.configure), not per app
         openapi_config=OpenAPIConfig(

@@ -49,3 +49,10 @@ async def echo_request_id(message: Message, scope: Scope) -> None:
     """``before_send`` hook: every response, error responses included, carries its request id."""
     if message["type"] == "http.response.start":
         message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id(scope).encode())]
+
+
+async def bodiless_head(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: a HEAD answer carries the GET answer's headers (``Content-Length`` included) and no
+    body (RFC 9110 §9.3.2); Litestar runs a GET-and-HEAD handler alike for both."""
+    if message["type"] == "http.response.body" and scope.get("method") == "HEAD":
+        message["body"] = b""

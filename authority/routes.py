@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, HttpMethod, Request, Response, get, post, route
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
@@ -62,6 +62,8 @@ ReadyDep = NamedDependency[SkipValidation[Callable[[], Awaitable[None]]]]
 # The OpenAPI security requirement of every route that needs a caller.
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 PUBLIC = {"exclude_from_auth": True}  # routes anyone may call: no bearer is read
+# Public reads answer HEAD as well as GET (RFC 9110 §9.3.2: same headers, no body; middleware.bodiless_head).
+READ = [HttpMethod.GET, HttpMethod.HEAD]
 # Statuses whose answers carry Retry-After (an OpenAPI response spec here cannot list headers).
 RETRY_AFTER = {429, 503}
 
@@ -289,8 +291,9 @@ async def exchange(
     return await authority.exchange(data.token)
 
 
-@get(
+@route(
     "/.well-known/jwks.json",
+    http_method=READ,
     name="jwks",
     tags=["discovery"],
     summary="Published public keys",
@@ -305,7 +308,14 @@ async def jwks(request: Request[Any, Any, State], published: PublishedDep) -> Re
     return Response(keyring.jwks, media_type="application/json", headers=headers)
 
 
-@get("/.well-known/openid-configuration", name="discovery", tags=["discovery"], summary="Issuer metadata", opt=PUBLIC)
+@route(
+    "/.well-known/openid-configuration",
+    http_method=READ,
+    name="discovery",
+    tags=["discovery"],
+    summary="Issuer metadata",
+    opt=PUBLIC,
+)
 async def discovery(request: Request[Any, Any, State], published: PublishedDep) -> Response[Discovery]:
     settings = published.settings
 
@@ -326,13 +336,14 @@ async def discovery(request: Request[Any, Any, State], published: PublishedDep) 
     return Response(document, headers={"Cache-Control": f"public, max-age={settings.jwks_max_age_s}"})
 
 
-@get("/healthz", name="healthz", tags=["probes"], summary="Liveness", opt=PUBLIC)
+@route("/healthz", http_method=READ, name="healthz", tags=["probes"], summary="Liveness", opt=PUBLIC)
 async def healthz() -> Status:
     return Status("ok")
 
 
-@get(
+@route(
     "/readyz",
+    http_method=READ,
     name="readyz",
     tags=["probes"],
     summary="Readiness: Redis answers and a signing key is loaded",

@@ -271,6 +271,22 @@ def test_jwks_answers_304_to_every_form_of_if_none_match_rfc_9110_allows(client:
     assert client.get(JWKS, headers={"If-None-Match": '"stale", W/"older"'}).status_code == 200
 
 
+@pytest.mark.parametrize("path", [JWKS, DISCOVERY, HEALTHZ, READYZ])
+def test_public_reads_answer_head_with_the_get_headers_and_no_body(client: TestClient[Any], path: str) -> None:
+    got, head = client.get(path), client.head(path)
+    assert (head.status_code, head.content) == (200, b"")
+    for name in ("content-type", "content-length", "etag", "cache-control"):
+        assert head.headers.get(name) == got.headers.get(name), name
+    if "etag" in got.headers:  # a conditional HEAD is answered like a conditional GET
+        assert client.head(path, headers={"If-None-Match": got.headers["etag"]}).status_code == 304
+
+
+def test_head_is_not_a_way_to_mint(client: TestClient[Any], stack: Stack) -> None:
+    """HEAD is answered only where GET is safe: a mint is a GET with an effect, so HEAD there is 405."""
+    response = client.head(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7"))
+    assert response.status_code == 405
+
+
 def test_probes_and_schema(client: TestClient[Any]) -> None:
     assert client.get(HEALTHZ).json() == {"status": "ok"}
     assert client.get(READYZ).json() == {"status": "ready"}

@@ -60,6 +60,7 @@ OPERATIONS = {
     HEALTHZ_OP,
     f"GET {READYZ}",
     f"GET {METRICS}",
+    *(f"HEAD {path}" for path in (JWKS, DISCOVERY, HEALTHZ, READYZ)),
 }
 
 

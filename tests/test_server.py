@@ -82,6 +82,14 @@ def test_readme_walkthrough_on_a_real_server(server: Server) -> None:
     assert discovery["jwks_uri"] == f"{server.base}{JWKS}"
 
 
+def test_well_known_head_on_a_real_server(server: Server) -> None:
+    """The server itself (uvicorn here, granian in the image) sends HEAD answers without a body."""
+    got, head = httpx.get(f"{server.base}{JWKS}"), httpx.head(f"{server.base}{JWKS}")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+    assert head.headers["etag"] == got.headers["etag"]
+
+
 def test_team_admin_and_customer_on_a_real_server(server: Server) -> None:
     admin = {"Authorization": f"Bearer {server.dev_token('--role', 'team-admin', '--sub', '5', '--location', '1')}"}
     assert httpx.get(f"{server.base}{team(43)}", headers=admin).status_code == 200
