@@ -27,7 +27,7 @@ from authority import demo, logs, settings
 from authority.app import create_app
 from authority.connection import connect_redis
 from authority.embedded import EmbeddedRedis
-from authority.keys.lifecycle import state
+from authority.keys.lifecycle import KeyRecord, state
 from authority.services import OPERATOR_ERRORS, audit_stream, build, key_store, say
 
 REDIS_URL_FILE = "redis.url"
@@ -145,7 +145,7 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
             )
     finally:
         await redis.aclose()
-    effect = None
+    effect, before = None, records
     if args.keys_command != "list":
         services = build(config, log=None)  # audit events go to the stream, not into this table
         try:
@@ -160,6 +160,13 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
             await services.close()
     if effect is not None:
         print(f"in effect on {effect.confirmed} of {effect.listening} running service processes", file=sys.stderr)
+    if args.keys_command == "rotate" and (waiting := _already_due(before, records, int(time.time()))):
+        print(
+            f"nothing to bring forward: {waiting.kid} already signs from {_when(waiting.activates_at)}, as early as "
+            "it may (every replica publishes a key AUTHORITY_KEY_PREPUBLISH_S before it signs); to stop a key now, "
+            "use `keys retire`",
+            file=sys.stderr,
+        )
     now = int(time.time())
     print(f"{'kid':44} {'alg':6} {'state':9} {'created':20} {'activates':20} retires")
     for r in sorted(records, key=lambda r: r.activates_at):
@@ -169,6 +176,13 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
             f"{_when(r.retires_at) if r.retires_at else '-'}"
         )
     return 0
+
+
+def _already_due(before: list[KeyRecord], after: list[KeyRecord], now: int) -> KeyRecord | None:
+    """The standby a ``rotate`` left as it was: it was already due at the earliest time it may sign."""
+    pending = [r for r in before if state(r, now) == "pending"]
+    standby = min(pending, key=lambda r: r.activates_at) if pending else None
+    return standby if standby is not None and standby in after else None
 
 
 def _when(ts: int) -> str:

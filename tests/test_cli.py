@@ -49,6 +49,19 @@ def test_rotate_and_retire_from_the_command_line(capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.usefixtures("env")
+def test_rotate_says_when_the_standby_is_already_due(capsys: pytest.CaptureFixture[str]) -> None:
+    """A second ``rotate`` brings the standby forward; a third cannot (it already signs as early as it may) and
+    says so, rather than print the same table as if something had happened."""
+    keys(capsys, "rotate")  # the first signer and its standby
+    assert main(["keys", "rotate"]) == 0
+    assert "nothing to bring forward" not in capsys.readouterr().err
+    assert main(["keys", "rotate"]) == 0
+    said = capsys.readouterr().err
+    assert "nothing to bring forward" in said
+    assert "AUTHORITY_KEY_PREPUBLISH_S" in said
+
+
+@pytest.mark.usefixtures("env")
 def test_retiring_an_unknown_kid_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "retire", "nope"]) == 2
     assert "no key nope" in capsys.readouterr().err
