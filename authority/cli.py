@@ -23,11 +23,12 @@ import redis
 import uvicorn
 from redis.asyncio import Redis
 
-from authority import demo, logs, settings
+from authority import callers, demo, logs, settings
 from authority.app import create_app
 from authority.connection import connect_redis
 from authority.embedded import EmbeddedRedis
 from authority.keys.lifecycle import KeyRecord, state
+from authority.refusals import Refusal
 from authority.services import OPERATOR_ERRORS, audit_stream, build, key_store, say
 
 REDIS_URL_FILE = "redis.url"
@@ -199,6 +200,49 @@ def _dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caller_settings(demo_flag: bool) -> settings.Settings:
+    """The service's settings, with the demo issuer among the trusted ones under ``--demo`` (as ``serve`` has)."""
+    config = settings.load(demo=demo_flag)
+    if config.demo:
+        issuers = [*config.trusted_issuers, demo.trusted_demo_issuer(config.keys_path)]
+        config = msgspec.structs.replace(config, trusted_issuers=issuers)
+    return config
+
+
+def _callers(args: argparse.Namespace) -> int:
+    config = _caller_settings(args.demo)
+    if args.callers_command == "token":
+        issuer = callers.issuer_named(config, args.issuer)
+        key, alg, made = callers.signing_key(issuer)
+        print(f"signed as {issuer.issuer} with the {alg} test key in {issuer.jwks_file}", file=sys.stderr)
+        if made:
+            print("a new test key: restart the service, it reads jwks_file at start", file=sys.stderr)
+        claims = {"role": args.role, "sub": args.sub, "location": args.location, "ttl": args.ttl}
+        print(callers.caller_token(key, alg, issuer, **claims, now=int(time.time())))
+        return 0
+    given: str = args.token
+    return asyncio.run(_check_caller(config, sys.stdin.read().strip() if given == "-" else given))
+
+
+async def _check_caller(config: settings.Settings, token: str) -> int:
+    """Read a bearer as the mint endpoints do; say who it names and which mint it may call, or why it is refused."""
+    services = build(config, log=None)
+    try:
+        caller = await services.authenticator.authenticate(f"Bearer {token}", int(time.time()))
+    except Refusal as refusal:
+        print(f"refused: {refusal.status} {refusal.code}: {refusal.detail}")
+        return 1
+    finally:
+        await services.close()
+    print(
+        f"issuer {caller.issuer}, subject {caller.subject!r}, role {caller.role!r}, location {caller.location!r}, "
+        f"coworker id {caller.coworker_id}, expires {_when(caller.expires_at)}"
+    )
+    for line in callers.what_it_may_call(caller):
+        print(line)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="authority", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -236,11 +280,29 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     audit.set_defaults(run=_audit)
     token = commands.add_parser("dev-token", help="print a caller bearer token from the demo issuer")
-    token.add_argument("--role", required=True, choices=demo.ROLES)
+    token.add_argument("--role", required=True, choices=callers.ROLES)
     token.add_argument("--sub", required=True, help="caller id (a team admin's coworker id)")
     token.add_argument("--location", required=True)
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token lives")
     token.set_defaults(run=_dev_token)
+    caller = commands.add_parser("callers", help="try the caller contract: sign as a test issuer, check a bearer")
+    caller.add_argument("--demo", action="store_true", help="the demo issuer is trusted too")
+    caller_actions = caller.add_subparsers(dest="callers_command", required=True)
+    sign = caller_actions.add_parser(
+        "token",
+        parents=[demo_after],
+        help="print a bearer signed as a trusted issuer with a jwks_file (its test key is made on first use)",
+    )
+    sign.add_argument("--issuer", help="which trusted issuer (default: the only one)")
+    sign.add_argument("--role", required=True, choices=callers.ROLES)
+    sign.add_argument("--sub", required=True, help="caller id (a team admin's coworker id: digits)")
+    sign.add_argument("--location", required=True)
+    sign.add_argument("--ttl", type=int, default=3600, help="seconds the token lives")
+    check = caller_actions.add_parser(
+        "check", parents=[demo_after], help="read a bearer as the mint endpoints do and say what it may call"
+    )
+    check.add_argument("token", help="the bearer, or - to read it from standard input")
+    caller.set_defaults(run=_callers)
     return root
 
 
