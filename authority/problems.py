@@ -35,7 +35,7 @@ def refusal_of(exc: Exception) -> Refusal:
     if isinstance(exc, RedisError | RedisClusterException):  # Redis unreachable or failing: fail closed
         return Unavailable(_STORE_DOWN)
     if isinstance(exc, ValidationException):
-        return InvalidRequest(exc.detail)
+        return InvalidRequest(_what_failed(exc))
     if isinstance(exc, UnicodeDecodeError):  # what the body parser raises for bytes that are not UTF-8
         return InvalidRequest("the body is not UTF-8 JSON")
     if isinstance(exc, RecursionError):  # JSON nested past the decoder's depth
@@ -43,6 +43,14 @@ def refusal_of(exc: Exception) -> Refusal:
     if isinstance(exc, HTTPException) and exc.status_code in BY_STATUS:
         return BY_STATUS[exc.status_code](exc.detail)
     return Internal("internal error")
+
+
+def _what_failed(exc: ValidationException) -> str:
+    """The detail of a validation error: each field as the caller named it, with what was wrong with it (Litestar's
+    own detail only names the route)."""
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    said = [f"{e['key']}: {e['message']}" for e in errors if isinstance(e, dict) and e.get("key") and e.get("message")]
+    return "; ".join(said) or exc.detail
 
 
 def problem(exc: Exception) -> ProblemDetailsException:

@@ -330,3 +330,8 @@ def test_body_errors_say_what_is_wrong(client: TestClient[Any], stack: Stack) ->
     bad_id = client.get(STAFF, params={"coworkerId": "x"}, headers=operator)
     assert_problem(bad_id, 400, "invalid-request")
     assert [error["key"] for error in bad_id.json()["errors"]] == ["coworkerId"]
+    assert bad_id.json()["detail"].startswith("coworkerId: ")  # the detail says what failed, not just the route
+    wrong_type = client.post(EXCHANGE, json={"token": 5})
+    assert_problem(wrong_type, 400, "invalid-request")
+    assert wrong_type.json()["detail"] == "token: Expected `str`, got `int`"
+    assert wrong_type.json()["title"] == bad_id.json()["title"]  # one title per code, the detail is specific
