@@ -1,15 +1,21 @@
 # authority: the token service, as it runs in production.
 # Build: docker build -t authority .   Run: see docker-compose.yml (it needs Redis/Valkey and configuration).
+# Reproducible: the base image by digest (python:3.11-slim-bookworm as published on 2026-08-25, Python 3.11.16; both
+# stages the same), every Python distribution from requirements/serve.txt by version and hash (README, Dependencies).
 
-FROM python:3.11-slim-bookworm AS build
+FROM python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /venv
+# The locked set first (its own layer: a source change does not reinstall it), then the project alone: --no-deps and
+# --no-build-isolation, so pip fetches nothing the lock does not pin (setuptools, the build backend, is in it).
+COPY requirements/serve.txt ./requirements/
+RUN /venv/bin/pip install --require-hashes --no-deps -r requirements/serve.txt
 COPY pyproject.toml README.md ./
 COPY authority ./authority
-RUN /venv/bin/pip install ".[serve]"
+RUN /venv/bin/pip install --no-deps --no-build-isolation . && /venv/bin/pip check
 
-FROM python:3.11-slim-bookworm
+FROM python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 RUN groupadd --system --gid 10001 authority \
     && useradd --system --uid 10001 --gid authority --no-create-home --shell /usr/sbin/nologin authority \
     && install -d -o authority -g authority -m 0700 /keys

@@ -19,7 +19,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from authority import problems, routes
+from authority import docs_ui, problems, routes
 from authority.authn import BearerAuth
 from authority.middleware import RequestGuard, bodiless_head, echo_request_id
 from authority.services import Published, build, check
@@ -53,9 +53,11 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         finally:
             await services.close()
 
+    # /metrics off: its HTTP counters are not kept either (nothing could read them); the service's own counters
+    # (authority.metrics) cost one increment per event and stay.
     prometheus = PrometheusConfig(app_name="authority", prefix="authority_http", group_path=True)
     app = Litestar(
-        route_handlers=[*routes.ROUTES, Metrics],
+        route_handlers=[*routes.ROUTES, *([Metrics] if settings.public_metrics else [])],
         dependencies={
             "authority": Provide(lambda: services.authority, sync_to_thread=False),
             "published": Provide(lambda: published, sync_to_thread=False),
@@ -66,7 +68,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         lifespan=[lifespan],
         middleware=[
             RequestGuard(settings.max_header_bytes),
-            prometheus.middleware,
+            *([prometheus.middleware] if settings.public_metrics else []),
             DefineMiddleware(BearerAuth, authenticator=services.authenticator, exclude=["^/schema"]),
         ],
         before_send=[echo_request_id, bodiless_head],
@@ -75,11 +77,14 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         openapi_config=OpenAPIConfig(
             title="authority",
             version="0.1.0",
-            path="/schema",
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
-        ),
+            render_plugins=[docs_ui.SwaggerUI()],  # and the document at /schema/openapi.json, as Litestar does
+            openapi_router=docs_ui.router(),
+        )
+        if settings.public_schema
+        else None,
     )
     app.state.services = services  # for tests and tools that act on a running app's own services
     return app

@@ -48,6 +48,10 @@ class Caller(msgspec.Struct, frozen=True):
     coworker_id: int | None
     impersonated: bool
     expires_at: int  # the bearer's exp: how long this verification may be remembered
+    # What the caller's own sign-in proved (OIDC auth_time, acr, amr), for step-up rules and the token's act.
+    auth_time: int | None = None
+    acr: str | None = None
+    amr: tuple[str, ...] = ()
 
 
 class _Unverified(msgspec.Struct):
@@ -218,6 +222,7 @@ def caller_of(claims: Mapping[str, Any], config: TrustedIssuer) -> Caller:
     """The caller a verified, validated trusted-issuer payload names, by the issuer's claim names."""
     subject = claims.get("sub")
     role, location = claims.get(config.role_claim), claims.get(config.location_claim)
+    auth_time, acr, amr = claims.get("auth_time"), claims.get("acr"), claims.get("amr")
     return Caller(
         issuer=config.issuer,
         subject=subject if isinstance(subject, str) else str(subject) if _is_int(subject) else "",
@@ -226,6 +231,9 @@ def caller_of(claims: Mapping[str, Any], config: TrustedIssuer) -> Caller:
         coworker_id=_int_claim(claims, config.coworker_claim),
         impersonated="act" in claims,
         expires_at=math.floor(claims["exp"]),
+        auth_time=math.floor(claims["auth_time"]) if _is_number(auth_time) else None,
+        acr=acr if isinstance(acr, str) else None,
+        amr=tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else (),
     )
 
 

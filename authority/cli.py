@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -19,19 +20,16 @@ from pathlib import Path
 from typing import cast
 
 import msgspec
-import redis
 import uvicorn
 from redis.asyncio import Redis
 
-from authority import callers, demo, logs, settings
+from authority import callers, demo, demo_server, logs, settings
 from authority.app import create_app
 from authority.connection import connect_redis
-from authority.embedded import EmbeddedRedis
 from authority.keys.lifecycle import KeyRecord, state
 from authority.refusals import Refusal
 from authority.services import OPERATOR_ERRORS, audit_stream, build, key_store, say
 
-REDIS_URL_FILE = "redis.url"
 FOLLOW_BLOCK_MS = 1000  # how long one read of `audit tail --follow` waits on the server for new events
 APPLIED_WAIT_S = 5.0  # how long key commands wait for running processes to confirm they re-read the records
 # What an operator can fix (a setting, a key file, Redis): a one-line message, not a traceback.
@@ -45,41 +43,50 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port:
         overrides["port"] = args.port
     config = settings.load(**overrides)
+    # From here a stop signal is a clean exit, so the ExitStack stops the private server rather than orphaning it
+    # (while uvicorn runs, it takes SIGTERM and SIGINT itself, drains, then re-raises them here). A closed
+    # terminal (SIGHUP) is a stop like SIGTERM.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit_cleanly)
+    signal.signal(signal.SIGHUP, _hang_up)
     with ExitStack() as stack:
         if config.demo:
             if not config.redis_url:
-                server = stack.enter_context(EmbeddedRedis(Path(config.data_dir) / "valkey"))
-                print(f"demo: private Redis-compatible server at {server.url}", file=sys.stderr)
-                (Path(config.data_dir) / REDIS_URL_FILE).write_text(server.url)
+                server = stack.enter_context(demo_server.private_server(Path(config.data_dir), sys.stderr))
                 config = msgspec.structs.replace(config, redis_url=server.url)
-            issuers = [*config.trusted_issuers, demo.trusted_demo_issuer(config.keys_path)]
-            config = msgspec.structs.replace(config, trusted_issuers=issuers)
+            config = _with_demo_issuer(config)
         logs.configure()
         app = create_app(config)
-        # uvicorn re-raises the stop signal once it has shut down; exit cleanly instead, so the ExitStack
-        # still stops the embedded server rather than leaving it orphaned.
-        for stop in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(stop, _exit_cleanly)
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+        options = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+        _AnnouncedServer(options, demo=config.demo).run()
     return 0
+
+
+def _hang_up(signum: int, frame: object) -> None:
+    """A hang-up stops the service as SIGTERM does (while uvicorn runs: drained first, then stopped)."""
+    signal.raise_signal(signal.SIGTERM)
+
+
+class _AnnouncedServer(uvicorn.Server):
+    """uvicorn's server, saying on stderr where it listens once it does (uvicorn's own line is at INFO, below the
+    level the service runs it at)."""
+
+    def __init__(self, config: uvicorn.Config, *, demo: bool) -> None:
+        super().__init__(config)
+        self.demo = demo
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # returns listening: a failure to bind or to start the app exits
+        port = self.servers[0].sockets[0].getsockname()[1]  # the port bound, also when asked for port 0
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        print(f"authority: listening on http://{host}:{port}{' (demo)' if self.demo else ''}", file=sys.stderr)
 
 
 def _operator_settings(demo_flag: bool) -> settings.Settings:
     """Settings for a command acting on a running service; ``--demo`` finds the demo server started here."""
     config = settings.load(demo=demo_flag)
     if config.demo and not config.redis_url:
-        url_file = Path(config.data_dir) / REDIS_URL_FILE
-        if not url_file.exists():
-            raise settings.SettingsError(f"no demo server is running here ({url_file} is missing)")
-        url = url_file.read_text().strip()
-        try:  # a pointer left by a server that has stopped (killed, machine restarted) is no server
-            with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1) as server:
-                server.ping()
-        except redis.RedisError:
-            raise settings.SettingsError(
-                f"no demo server is running here (the one {url_file} names, {url}, does not answer)"
-            ) from None
-        config = msgspec.structs.replace(config, redis_url=url)
+        config = msgspec.structs.replace(config, redis_url=demo_server.running_url(Path(config.data_dir)))
     return config
 
 
@@ -200,17 +207,15 @@ def _dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _caller_settings(demo_flag: bool) -> settings.Settings:
-    """The service's settings, with the demo issuer among the trusted ones under ``--demo`` (as ``serve`` has)."""
-    config = settings.load(demo=demo_flag)
-    if config.demo:
-        issuers = [*config.trusted_issuers, demo.trusted_demo_issuer(config.keys_path)]
-        config = msgspec.structs.replace(config, trusted_issuers=issuers)
-    return config
+def _with_demo_issuer(config: settings.Settings) -> settings.Settings:
+    """Under ``--demo``, the demo issuer is trusted besides the configured ones."""
+    issuers = [*config.trusted_issuers, demo.trusted_demo_issuer(config.keys_path)]
+    return msgspec.structs.replace(config, trusted_issuers=issuers)
 
 
 def _callers(args: argparse.Namespace) -> int:
-    config = _caller_settings(args.demo)
+    config = settings.load(demo=args.demo)
+    config = _with_demo_issuer(config) if config.demo else config
     if args.callers_command == "token":
         issuer = callers.issuer_named(config, args.issuer)
         key, alg, made = callers.signing_key(issuer)

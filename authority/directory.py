@@ -1,57 +1,47 @@
-"""Who exists where, and which team admin administers whom: the portal's data, read through one interface.
+"""Who exists where, and who administers whom: the portal's data, read through one interface.
 
-Backends answer two questions only, so an HTTP backend asking the portal can replace the file without the
-service noticing. A backend that cannot answer raises ``Unavailable`` (503); it never guesses.
+Backends answer two lookups only, exactly the two the portal serves (``docs/directory-api.yaml``): a location, and
+a coworker in a location. What may be done with the answers is ``policy``'s to say. A backend that cannot answer
+raises ``Unavailable`` (503); it never guesses, and "not found" (``None``) is an answer, not a failure.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
 
+class LocationEntry(msgspec.Struct, frozen=True):
+    """``GET {base}/locations/{location}``. ``impersonation: false`` is the portal's kill switch for the location.
+    Fields are required; fields we do not know are ignored (the portal may say more than we read)."""
+
+    id: str
+    impersonation: bool
+
+
+class Membership(msgspec.Struct, frozen=True):
+    id: str
+    role: Literal["member", "admin"]
+
+
+class CoworkerEntry(msgspec.Struct, frozen=True):
+    """``GET {base}/locations/{location}/coworkers/{id}``: a coworker of that location."""
+
+    id: int
+    impersonable: bool
+    staff: bool
+    teams: tuple[Membership, ...]
+
+    def administers(self, member: CoworkerEntry) -> bool:
+        """Whether this coworker is an admin of a team of which ``member`` is a (plain) member."""
+        mine = {t.id for t in self.teams if t.role == "admin"}
+        return any(t.role == "member" and t.id in mine for t in member.teams)
+
+
 class Directory(Protocol):
-    async def is_coworker(self, location: str, coworker_id: int) -> bool:
-        """Whether ``coworker_id`` is a customer of ``location``."""
+    async def location(self, location: str) -> LocationEntry | None:
+        """The location, or None if the portal has no such location."""
 
-    async def administers(self, location: str, admin_id: int, member_id: int) -> bool:
-        """Whether ``admin_id`` administers a team in ``location`` of which ``member_id`` is a member."""
-
-
-class Team(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    admins: frozenset[int]
-    members: frozenset[int]
-
-
-class Location(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    coworkers: frozenset[int]
-    teams: dict[str, Team] = {}
-
-
-class DirectoryData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    locations: dict[str, Location]
-
-
-DEMO_DIRECTORY = Path(__file__).with_name("demo_directory.json")
-
-
-class FileDirectory:
-    """A JSON file loaded once at start (the demo default, and fine for a small, static portal)."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self._data = msgspec.json.decode(path.read_bytes(), type=DirectoryData)
-        except (OSError, msgspec.DecodeError) as exc:
-            raise ValueError(f"directory file {path}: {exc}") from None
-
-    async def is_coworker(self, location: str, coworker_id: int) -> bool:
-        place = self._data.locations.get(location)
-        return place is not None and coworker_id in place.coworkers
-
-    async def administers(self, location: str, admin_id: int, member_id: int) -> bool:
-        place = self._data.locations.get(location)
-        if place is None or member_id not in place.coworkers:
-            return False
-        return any(admin_id in t.admins and member_id in t.members for t in place.teams.values())
+    async def coworker(self, location: str, coworker_id: int) -> CoworkerEntry | None:
+        """The coworker as a member of ``location``, or None if they are not in it."""

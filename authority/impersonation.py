@@ -18,13 +18,25 @@ import msgspec
 from authority.audit import AuditLog
 from authority.authn import Caller
 from authority.connection import shown
-from authority.directory import Directory
+from authority.directory import CoworkerEntry, Directory, LocationEntry
 from authority.keys import KeyManager, Keyring, LoadedKey
 from authority.limits import MintLimiter
-from authority.policy import may_revoke, require_member, require_staff, require_unimpersonated
+from authority.policy import (
+    RULES,
+    Rule,
+    broken_rule,
+    may_revoke,
+    require_member,
+    require_staff,
+    require_step_up,
+    require_unimpersonated,
+    staff_refusal,
+    team_admin_refusal,
+)
 from authority.refusals import (
-    CoworkerNotFound,
+    ImpersonationWithdrawn,
     InvalidToken,
+    Refusal,
     SessionNotFound,
     TokenNotIssued,
     TokenReplayed,
@@ -36,6 +48,7 @@ from authority.tokens import (
     ACCESS_TYP,
     IMPERSONATION_TYP,
     Actor,
+    ImpersonationClaims,
     OwnTokens,
     access_claims,
     impersonation_claims,
@@ -99,6 +112,7 @@ class Authority:
 
     def __post_init__(self) -> None:
         self.own = OwnTokens.of(self.settings)
+        self._issuers = {i.issuer: i for i in self.settings.trusted_issuers}
 
     @property
     def keyring(self) -> Keyring:
@@ -120,24 +134,39 @@ class Authority:
 
     async def mint_for_staff(self, caller: Caller, coworker_id: int) -> str:
         location = require_staff(caller)
-        if not await self.directory.is_coworker(location, coworker_id):
-            await self._not_found(caller, coworker_id, location, f"no coworker {coworker_id} in location {location}")
+        self._require_step_up(caller)
+        place, target = await self._look_up(location, coworker_id)
+        if rule := broken_rule(place, target):
+            await self._refuse(caller, coworker_id, location, staff_refusal(rule, coworker_id, location))
         return await self._mint(caller, coworker_id, location, caller.role or "")
 
     async def mint_for_team_admin(self, caller: Caller, coworker_id: int) -> str:
         location, admin_id = require_member(caller)
-        # One answer for "no such coworker" and "not in your teams": no existence oracle for team admins.
-        if coworker_id == admin_id or not await self.directory.administers(location, admin_id, coworker_id):
-            await self._not_found(caller, coworker_id, location, f"no coworker {coworker_id} in a team you administer")
-        return await self._mint(caller, coworker_id, location, "team-admin")
+        self._require_step_up(caller)
+        place, target = await self._look_up(location, coworker_id)
+        admin = await self.directory.coworker(location, admin_id) if place and target else None
+        if rule := broken_rule(place, target, admin_id=admin_id, admin=admin):
+            await self._refuse(caller, coworker_id, location, team_admin_refusal(rule, coworker_id, location))
+        return await self._mint(caller, coworker_id, location, "team-admin", admin_id=admin_id)
 
-    async def _not_found(self, caller: Caller, coworker_id: int, location: str, detail: str) -> NoReturn:
-        """404, after counting the attempt against the rate limits: probing for ids is slowed like minting."""
+    def _require_step_up(self, caller: Caller) -> None:
+        require_step_up(caller, self._issuers[caller.issuer], int(self.clock()))
+
+    async def _look_up(self, location: str, coworker_id: int) -> tuple[LocationEntry | None, CoworkerEntry | None]:
+        """The location, and the coworker in it unless the location is unknown or switched off."""
+        place = await self.directory.location(location)
+        target = await self.directory.coworker(location, coworker_id) if place and place.impersonation else None
+        return place, target
+
+    async def _refuse(self, caller: Caller, coworker_id: int, location: str, refusal: Refusal) -> NoReturn:
+        """Refuse after counting the attempt against the rate limits: probing for ids is slowed like minting."""
         await self.limiter.check(caller.issuer, caller.subject, location)
-        who = {"actor": caller.subject, "subject": str(coworker_id), "location": location}
-        raise CoworkerNotFound(detail, audit=who)
+        refusal.audit.update(actor=caller.subject, subject=str(coworker_id), location=location)
+        raise refusal
 
-    async def _mint(self, caller: Caller, coworker_id: int, location: str, role: str) -> str:
+    async def _mint(
+        self, caller: Caller, coworker_id: int, location: str, role: str, *, admin_id: int | None = None
+    ) -> str:
         s = self.settings
         now = int(self.clock())
         signer = self._signer(now)
@@ -146,7 +175,15 @@ class Authority:
             audience=s.exchange_audience,
             coworker_id=coworker_id,
             location=location,
-            actor=Actor(sub=caller.subject, role=role, iss=caller.issuer),
+            actor=Actor(
+                sub=caller.subject,
+                role=role,
+                iss=caller.issuer,
+                coworker_id=admin_id,
+                auth_time=caller.auth_time,
+                acr=caller.acr,
+                amr=caller.amr,
+            ),
             jti=new_id(),
             now=now,
             ttl=s.impersonation_ttl_s,
@@ -179,10 +216,17 @@ class Authority:
         now = int(self.clock())
         grant = await self.keys.verified(lambda keyring: self.own.impersonation(token, keyring, now))
         signer = self._signer(now)
+        withdrawn = await self._still_allowed(grant)  # asked before anything is spent: a 503 here spends nothing
         sid = grant.jti  # one key per impersonation: the allowlist entry becomes the session record
         record = SessionRecord(sub=grant.sub, loc=grant.loc, act=grant.act, exp=now + s.session_ttl_s)
         used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s)
         who = {"actor": grant.act.sub, "subject": grant.sub, "location": grant.loc, "jti": grant.jti}
+        if withdrawn and used.outcome is Outcome.CONSUMED:  # spent, and the session it would have opened is closed
+            await self.allowlist.revoke(sid)
+            raise ImpersonationWithdrawn(
+                f"the impersonation is no longer allowed: {RULES[withdrawn]}; the token is spent",
+                audit={**who, "rule": withdrawn},
+            )
         if used.outcome is Outcome.UNKNOWN:
             raise TokenNotIssued("this token is not on the allowlist (never issued, expired, or lost)", audit=who)
         if used.outcome is Outcome.REPLAYED:
@@ -202,6 +246,20 @@ class Authority:
         )
         self.audit.emit("exchange", "session", sid=sid, kid=signer.kid, **who)
         return SessionGrant(access_token=sign(claims, signer, ACCESS_TYP), expires_in=s.session_ttl_s, session_id=sid)
+
+    async def _still_allowed(self, grant: ImpersonationClaims) -> Rule | None:
+        """The policy asked again at redemption, on the directory as it is now: the rule the impersonation now
+        breaks, or None. A team admin's token names the admin's coworker id, so their team is checked again too."""
+        try:
+            coworker_id = int(grant.sub)
+        except ValueError:
+            return "coworker-unknown"
+        place, target = await self._look_up(grant.loc, coworker_id)
+        admin_id = grant.act.coworker_id if grant.act.role == "team-admin" else None
+        if admin_id is None:
+            return broken_rule(place, target)
+        admin = await self.directory.coworker(grant.loc, admin_id) if place and target else None
+        return broken_rule(place, target, admin_id=admin_id, admin=admin)
 
     async def revoke(self, caller: Caller, sid: str) -> Revocation:
         """Staff of the session's location, or the impersonator themself, may end a session early. Anyone else

@@ -5,13 +5,27 @@ and call the rules here."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from authority.authn import Caller
-from authority.refusals import CustomerSession, Forbidden, InvalidRequest, NestedImpersonation, UnsupportedMediaType
+from authority.directory import CoworkerEntry, LocationEntry
+from authority.refusals import (
+    CoworkerNotFound,
+    CustomerSession,
+    Forbidden,
+    ImpersonationDisabled,
+    InsufficientUserAuthentication,
+    InvalidRequest,
+    NestedImpersonation,
+    NotImpersonable,
+    Refusal,
+    TargetIsStaff,
+    UnsupportedMediaType,
+)
+from authority.settings import TrustedIssuer
 
 STAFF_ROLES = frozenset({"admin", "operator"})
 CUSTOMER_ROLE = "customer"
@@ -42,6 +56,98 @@ def require_member(caller: Caller) -> tuple[str, int]:
     if not caller.location or caller.coworker_id is None:
         raise Forbidden("the caller's token names no location or coworker id")
     return caller.location, caller.coworker_id
+
+
+# The rules a target of impersonation must meet, by name (the audit's ``rule``), in the order they are asked.
+Rule = Literal[
+    "location-unknown",
+    "impersonation-disabled",
+    "coworker-unknown",
+    "self",
+    "admin-unknown",
+    "not-administered",
+    "coworker-is-staff",
+    "coworker-not-impersonable",
+]
+RULES: dict[Rule, str] = {
+    "location-unknown": "the location is not in the directory",
+    "impersonation-disabled": "impersonation is switched off in the location",
+    "coworker-unknown": "the coworker is not in the location",
+    "self": "a team admin cannot impersonate themself",
+    "admin-unknown": "the team admin is not in the location",
+    "not-administered": "the coworker is not a member of a team the team admin administers",
+    "coworker-is-staff": "the coworker is staff, and staff are never impersonated",
+    "coworker-not-impersonable": "the coworker is marked not impersonable",
+}
+
+
+def broken_rule(
+    place: LocationEntry | None,
+    target: CoworkerEntry | None,
+    *,
+    admin_id: int | None = None,
+    admin: CoworkerEntry | None = None,
+) -> Rule | None:
+    """The first rule impersonating ``target`` in ``place`` breaks, or None: for staff (their location is their
+    token's), or, given ``admin_id``, for that team admin. The same rules at mint and again at exchange."""
+    if place is None:
+        return "location-unknown"
+    if not place.impersonation:
+        return "impersonation-disabled"
+    if target is None:
+        return "coworker-unknown"
+    if admin_id is not None:
+        if target.id == admin_id:
+            return "self"
+        if admin is None:
+            return "admin-unknown"
+        if not admin.administers(target):  # also refuses another admin of the team: they are not its member
+            return "not-administered"
+    if target.staff:
+        return "coworker-is-staff"
+    if not target.impersonable:
+        return "coworker-not-impersonable"
+    return None
+
+
+def staff_refusal(rule: Rule, coworker_id: int, location: str) -> Refusal:
+    """What staff are told: they may know who exists in their own location, so each rule says its name."""
+    if rule in ("location-unknown", "coworker-unknown"):
+        return CoworkerNotFound(f"no coworker {coworker_id} in location {location}", audit={"rule": rule})
+    refusal = {"impersonation-disabled": ImpersonationDisabled, "coworker-is-staff": TargetIsStaff}.get(
+        rule, NotImpersonable
+    )
+    return refusal(f"{RULES[rule]} (coworker {coworker_id}, location {location})", audit={"rule": rule})
+
+
+def team_admin_refusal(rule: Rule, coworker_id: int, location: str) -> Refusal:
+    """What a team admin is told: one 404 for every rule that would say whether the coworker exists (the audit
+    keeps the rule); a location switched off says so, which reveals nothing about anyone."""
+    if rule == "impersonation-disabled":
+        return ImpersonationDisabled(f"{RULES[rule]} {location}", audit={"rule": rule})
+    return CoworkerNotFound(f"no coworker {coworker_id} in a team you administer", audit={"rule": rule})
+
+
+def require_step_up(caller: Caller, issuer: TrustedIssuer, now: int) -> None:
+    """RFC 9470: the issuer's optional requirements on the impersonator's own sign-in — an ``auth_time`` no older
+    than ``max_auth_age_s``, an ``acr`` among ``acr_values``, an ``amr`` holding one of ``amr_values``."""
+    max_age = issuer.max_auth_age_s
+    acr_values = tuple(issuer.acr_values)
+    if max_age is not None and (caller.auth_time is None or now - caller.auth_time > max_age):
+        said = "no auth_time" if caller.auth_time is None else f"signed in {now - caller.auth_time} s ago"
+        raise InsufficientUserAuthentication(
+            f"impersonating needs a sign-in within {max_age} s ({said})", max_age=max_age, acr_values=acr_values
+        )
+    if acr_values and caller.acr not in acr_values:
+        raise InsufficientUserAuthentication(
+            f"impersonating needs acr {' or '.join(acr_values)}", max_age=max_age, acr_values=acr_values
+        )
+    if issuer.amr_values and not set(issuer.amr_values) & set(caller.amr):
+        raise InsufficientUserAuthentication(
+            f"impersonating needs a sign-in by {' or '.join(issuer.amr_values)} (amr)",
+            max_age=max_age,
+            acr_values=acr_values,
+        )
 
 
 def may_revoke(caller: Caller, *, location: str, actor_issuer: str, actor_subject: str) -> bool:

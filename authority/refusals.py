@@ -49,6 +49,24 @@ class CustomerSession(Unauthenticated):
     title = "Customer sessions cannot impersonate"
 
 
+class InsufficientUserAuthentication(Unauthenticated):
+    """RFC 9470: the caller's own sign-in is too old or too weak for impersonating; the challenge says what would
+    do (``max_age``, ``acr_values``), so the portal can send its user through a step-up sign-in and retry."""
+
+    code = "insufficient-user-authentication"
+    title = "A fresher or stronger sign-in is required"
+
+    def __init__(self, detail: str, *, max_age: int | None = None, acr_values: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        described = detail.replace('"', "'").replace("\\", "/")
+        challenge = f'Bearer error="insufficient_user_authentication", error_description="{described}"'
+        if max_age is not None:
+            challenge += f', max_age="{max_age}"'
+        if acr_values:
+            challenge += f', acr_values="{" ".join(acr_values)}"'
+        self.headers["WWW-Authenticate"] = challenge
+
+
 class InvalidToken(Refusal):
     status = 401
     code = "invalid-token"
@@ -104,10 +122,32 @@ class TokenNotIssued(InvalidToken):
     title = "The impersonation token is not on the allowlist"
 
 
+class ImpersonationWithdrawn(InvalidToken):
+    """The policy, asked again at exchange, no longer allows what the token was minted for; the token is spent."""
+
+    code = "impersonation-withdrawn"
+    title = "The impersonation is no longer allowed"
+
+
 class Forbidden(Refusal):
     status = 403
     code = "forbidden"
     title = "The caller may not do this"
+
+
+class ImpersonationDisabled(Forbidden):
+    code = "impersonation-disabled"
+    title = "Impersonation is switched off in this location"
+
+
+class NotImpersonable(Forbidden):
+    code = "coworker-not-impersonable"
+    title = "This coworker may not be impersonated"
+
+
+class TargetIsStaff(Forbidden):
+    code = "coworker-is-staff"
+    title = "Staff are never impersonated"
 
 
 class NestedImpersonation(Forbidden):

@@ -21,7 +21,9 @@ from authority.audit import AuditLog
 from authority.authn import Authenticator
 from authority.background import stop
 from authority.connection import REDIS_ERRORS, connect_redis, shown
-from authority.directory import DEMO_DIRECTORY, Directory, FileDirectory
+from authority.directory import Directory
+from authority.directory_file import DEMO_DIRECTORY, FileDirectory
+from authority.directory_http import HttpDirectory
 from authority.impersonation import Authority
 from authority.keys import (
     FileKeyStore,
@@ -65,6 +67,7 @@ class Services:
     allowlist: Allowlist
     authority: Authority
     authenticator: Authenticator
+    directory: Directory
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -88,6 +91,8 @@ class Services:
         await stop(self._background)
         await self.audit.close()
         await self.redis.aclose()
+        if isinstance(self.directory, HttpDirectory):
+            await self.directory.close()
 
     async def ready(self) -> None:
         """Readiness: Redis answers, a key signs now, the records were re-read lately; else 503 saying which."""
@@ -137,8 +142,8 @@ def check(settings: Settings) -> None:
             )
         if not settings.trusted_issuers:
             raise SettingsError("AUTHORITY_TRUSTED_ISSUERS is empty: no caller could ever mint")
-        if not settings.directory_file:
-            raise SettingsError("AUTHORITY_DIRECTORY_FILE is required outside --demo")
+        if not settings.directory_url and not settings.directory_file:
+            raise SettingsError("AUTHORITY_DIRECTORY_URL or AUTHORITY_DIRECTORY_FILE is required outside --demo")
     if settings.key_store == "file":
         store = FileKeyStore(settings.keys_path)
         for record in store.load_sync():
@@ -180,7 +185,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
         min_replicas=settings.redis_min_replicas,
         replica_timeout_ms=settings.redis_replica_timeout_ms,
     )
-    directory: Directory = FileDirectory(Path(settings.directory_file) if settings.directory_file else DEMO_DIRECTORY)
+    directory: Directory
+    if settings.directory_url:
+        directory = HttpDirectory.from_settings(settings)
+    else:
+        directory = FileDirectory(Path(settings.directory_file) if settings.directory_file else DEMO_DIRECTORY)
     authority = Authority(settings, keys, allowlist, limiter, directory, audit, clock)
     return Services(
         settings=settings,
@@ -191,4 +200,5 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
         allowlist=allowlist,
         authority=authority,
         authenticator=Authenticator(settings, keys, clock),
+        directory=directory,
     )

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -36,6 +38,11 @@ class TrustedIssuer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     role_claim: str = "role"
     location_claim: str = "loc"
     coworker_claim: str = "sub"
+    # RFC 9470 step-up, all optional: how recent (auth_time) and how strong (acr, amr) the impersonator's own
+    # sign-in must be for them to impersonate.
+    max_auth_age_s: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    acr_values: list[str] = msgspec.field(default_factory=list)
+    amr_values: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if (self.jwks_url is None) == (self.jwks_file is None):
@@ -78,8 +85,20 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     mint_rate_window_s: Positive = 60
     audit_stream_maxlen: Annotated[int, msgspec.Meta(ge=100)] = 100_000
     directory_file: str | None = None
+    directory_url: str | None = None  # the portal's directory API (docs/directory-api.yaml); excludes directory_file
+    directory_token: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,4096}$")] | None = None  # bearer
+    directory_tls_cert: str | None = None  # client certificate (PEM), for mutual TLS; with directory_tls_key
+    directory_tls_key: str | None = None
+    directory_tls_ca: str | None = None  # the CA (PEM) the portal's certificate is checked against; else the system's
+    directory_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=30)] = 1.0  # whole lookup, queueing included
+    directory_cache_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0  # 0: ask the portal every time
+    directory_negative_cache_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 2.0  # "not found", likewise
+    directory_max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    directory_max_answer_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16_777_216)] = 65_536
     trusted_issuers: list[TrustedIssuer] = msgspec.field(default_factory=list)
     data_dir: str = ".authority"
+    public_schema: bool = True  # /schema: the API documentation page and the OpenAPI document
+    public_metrics: bool = True  # /metrics: Prometheus text
     demo: bool = False
 
     def __post_init__(self) -> None:
@@ -110,6 +129,36 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 f"{v['redis_replica_timeout_ms']} must be shorter than {v['redis_timeout_s']}: a WAIT for replicas "
                 "that lasts longer reads as Redis not answering"
             )
+        broken += self._directory_rules_broken()
+        return broken
+
+    def _directory_rules_broken(self) -> list[str]:
+        """The directory is a file or the portal's API, not both; what is sent to the portal goes as configured."""
+        url, broken = self.directory_url, []
+        var = {"url": f"{PREFIX}DIRECTORY_URL", "token": f"{PREFIX}DIRECTORY_TOKEN"}
+        if url is not None and self.directory_file is not None:
+            broken.append(f"{var['url']} and {PREFIX}DIRECTORY_FILE are both set: the directory is one or the other")
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                broken.append(f"{var['url']}={url!r} must be an http(s) URL, without query or fragment")
+            elif url.endswith("/"):
+                broken.append(f"{var['url']}={url!r} must not end with '/': the lookup paths are appended to it")
+            elif parts.scheme == "http" and (self.directory_tls_cert or self.directory_tls_ca):
+                broken.append(f"{var['url']}={url!r} is plain http: {PREFIX}DIRECTORY_TLS_* would not be used")
+            elif parts.scheme == "http" and self.directory_token and not _loopback(parts.hostname):
+                broken.append(
+                    f"{var['url']}={url!r} is plain http to another host: {var['token']} would cross the network in "
+                    "clear (use https)"
+                )
+        else:
+            for field in ("directory_token", "directory_tls_cert", "directory_tls_key", "directory_tls_ca"):
+                if getattr(self, field) is not None:
+                    broken.append(f"{PREFIX}{field.upper()} is set without {var['url']}: it would not be used")
+        if self.directory_tls_cert is not None and self.directory_tls_key is None:
+            broken.append(f"{PREFIX}DIRECTORY_TLS_CERT is set without {PREFIX}DIRECTORY_TLS_KEY, its private key")
+        if self.directory_tls_key is not None and self.directory_tls_cert is None:
+            broken.append(f"{PREFIX}DIRECTORY_TLS_KEY is set without {PREFIX}DIRECTORY_TLS_CERT, its certificate")
         return broken
 
     @property
@@ -130,6 +179,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     @property
     def keys_path(self) -> Path:
         return Path(self.keys_dir)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _JSON_FIELDS = {"trusted_issuers"}
@@ -162,7 +220,8 @@ def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Se
         try:
             msgspec.convert(given, _FIELDS[key], strict=False)
         except msgspec.ValidationError as exc:
-            allowed = get_args(_FIELDS[key]) if get_origin(_FIELDS[key]) is Literal else ()
+            kind = _FIELDS[key]
+            allowed = get_args(kind) if get_origin(kind) is Literal else ("true", "false") if kind is bool else ()
             errors.append(f"{PREFIX}{key.upper()}: {exc}" + (f" (one of {', '.join(allowed)})" if allowed else ""))
     if errors:
         raise SettingsError("\n".join(errors))

@@ -55,13 +55,21 @@ ClaimsT = TypeVar("ClaimsT", bound=msgspec.Struct)
 OursT = TypeVar("OursT", "ImpersonationClaims", "AccessClaims")
 
 
-class Actor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Actor(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """RFC 8693 ``act``: who is really behind an impersonated session. ``iss`` qualifies ``sub``: the issuer of
-    the impersonator's own sign-in, so equal ids from two trusted issuers are never the same person."""
+    the impersonator's own sign-in, so equal ids from two trusted issuers are never the same person.
+
+    A team admin's own coworker id (``coworker_id``) lets the exchange ask the directory again whether they still
+    administer the member; ``auth_time``, ``acr`` and ``amr`` say how recently and how strongly the impersonator
+    signed in, so every service downstream can weigh the session."""
 
     sub: str
     role: str
     iss: str
+    coworker_id: int | None = None
+    auth_time: int | None = None
+    acr: str | None = None
+    amr: tuple[str, ...] = ()
 
 
 class ImpersonationClaims(msgspec.Struct, frozen=True):

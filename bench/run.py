@@ -33,7 +33,7 @@ import psutil
 
 from authority import demo
 from authority.authn import Caller
-from authority.directory import DEMO_DIRECTORY
+from authority.directory_file import DEMO_DIRECTORY
 from authority.embedded import EmbeddedRedis, free_port
 from authority.services import build
 from authority.settings import load

@@ -90,7 +90,8 @@ def test_team_admin_mints_for_own_team_member(client: TestClient[Any], stack: St
     assert response.status_code == 200, response.text
     claims = jwt.decode(response.json()["token"], options={"verify_signature": False})
     assert claims["sub"] == "43"
-    assert claims["act"] == {"sub": "5", "role": "team-admin", "iss": "urn:authority:demo-issuer"}
+    # the team admin's own coworker id travels in act, so the exchange can ask whether they still administer 43
+    assert claims["act"] == {"sub": "5", "role": "team-admin", "iss": "urn:authority:demo-issuer", "coworker_id": 5}
     assert client.post(EXCHANGE, json={"token": response.json()["token"]}).status_code == 200
 
 

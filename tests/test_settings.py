@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,23 @@ def test_other_variables_are_ignored() -> None:
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"^{name}: "):
         load({name: value})
+
+
+def test_schema_and_metrics_are_served_unless_turned_off() -> None:
+    assert (load({}).public_schema, load({}).public_metrics) == (True, True)
+    s = load({"AUTHORITY_PUBLIC_SCHEMA": "false", "AUTHORITY_PUBLIC_METRICS": "0"})
+    assert (s.public_schema, s.public_metrics) == (False, False)
+    s = load({"AUTHORITY_PUBLIC_SCHEMA": "True", "AUTHORITY_PUBLIC_METRICS": "1"})
+    assert (s.public_schema, s.public_metrics) == (True, True)
+
+
+@pytest.mark.parametrize("name", ["AUTHORITY_PUBLIC_SCHEMA", "AUTHORITY_PUBLIC_METRICS"])
+@pytest.mark.parametrize("value", ["off", "yes", "", "2"])
+def test_a_public_path_is_turned_on_or_off_by_true_or_false_only(name: str, value: str) -> None:
+    """One line, naming the variable and what it takes: an operator who wrote "off" knows what to write instead."""
+    with pytest.raises(SettingsError) as refused:
+        load({name: value})
+    assert re.fullmatch(rf"{name}: .* \(one of true, false\)", str(refused.value)), str(refused.value)
 
 
 def test_unknown_variable_is_refused() -> None:
@@ -236,3 +254,93 @@ def test_every_mistake_is_named_at_once_one_line_each() -> None:
         "AUTHORITY_KEY_PREPUBLISH_S=60 must be ≥ AUTHORITY_JWKS_MAX_AGE_S=300: every cached JWKS must hold a key "
         "before it signs",
     ]
+
+
+# --- the directory: a file or the portal's API ------------------------------------------------------------------
+
+PORTAL = {"AUTHORITY_DIRECTORY_URL": "https://portal.example/directory"}
+
+
+def test_the_portals_directory_settings_and_their_defaults() -> None:
+    s = load({**PORTAL, "AUTHORITY_DIRECTORY_TOKEN": "t0ken", "AUTHORITY_DIRECTORY_TLS_CERT": "/etc/a.pem",
+              "AUTHORITY_DIRECTORY_TLS_KEY": "/etc/a.key", "AUTHORITY_DIRECTORY_CACHE_S": "0"})  # fmt: skip
+    assert (s.directory_url, s.directory_token, s.directory_cache_s) == ("https://portal.example/directory", "t0ken", 0)
+    assert (s.directory_timeout_s, s.directory_negative_cache_s, s.directory_max_concurrency) == (1.0, 2.0, 32)
+    assert s.directory_max_answer_bytes == 65536
+    assert load({"AUTHORITY_DIRECTORY_URL": "http://127.0.0.1:8100", "AUTHORITY_DIRECTORY_TOKEN": "t"}).directory_token
+
+
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        ({**PORTAL, "AUTHORITY_DIRECTORY_FILE": "/etc/d.json"},
+         "AUTHORITY_DIRECTORY_URL and AUTHORITY_DIRECTORY_FILE are both set"),
+        ({**PORTAL, "AUTHORITY_DIRECTORY_TLS_CERT": "/etc/a.pem"},
+         "AUTHORITY_DIRECTORY_TLS_CERT is set without AUTHORITY_DIRECTORY_TLS_KEY"),
+        ({**PORTAL, "AUTHORITY_DIRECTORY_TLS_KEY": "/etc/a.key"},
+         "AUTHORITY_DIRECTORY_TLS_KEY is set without AUTHORITY_DIRECTORY_TLS_CERT"),
+        ({"AUTHORITY_DIRECTORY_URL": "portal.example"}, "_URL='portal.example' must be an http(s) URL"),
+        ({"AUTHORITY_DIRECTORY_URL": "ftp://portal.example"}, "_URL='ftp://portal.example' must be an http(s) URL"),
+        ({"AUTHORITY_DIRECTORY_URL": "https://portal.example/d?x=1"}, "without query or fragment"),
+        ({"AUTHORITY_DIRECTORY_URL": "https://portal.example/d/"}, "_URL='https://portal.example/d/' must not end"),
+        ({"AUTHORITY_DIRECTORY_URL": "http://portal.example", "AUTHORITY_DIRECTORY_TOKEN": "t"},
+         "AUTHORITY_DIRECTORY_TOKEN would cross the network in clear"),
+        ({"AUTHORITY_DIRECTORY_URL": "http://portal.example", "AUTHORITY_DIRECTORY_TLS_CA": "/etc/ca.pem"},
+         "is plain http: AUTHORITY_DIRECTORY_TLS_* would not be used"),
+        ({"AUTHORITY_DIRECTORY_TOKEN": "t"}, "AUTHORITY_DIRECTORY_TOKEN is set without AUTHORITY_DIRECTORY_URL"),
+    ],
+    ids=["url-and-file", "cert-no-key", "key-no-cert", "no-scheme", "ftp", "query", "trailing-slash", "token-in-clear",
+         "tls-over-http", "token-no-url"],
+)  # fmt: skip
+def test_a_broken_directory_setting_is_one_line_naming_it(environ: dict[str, str], line: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load(environ)
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 1, lines
+    assert line in lines[0]
+    assert lines[0].startswith("AUTHORITY_DIRECTORY_")
+
+
+def test_every_broken_directory_setting_is_named_at_once() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load({"AUTHORITY_DIRECTORY_URL": "https://portal.example/", "AUTHORITY_DIRECTORY_FILE": "/etc/d.json",
+              "AUTHORITY_DIRECTORY_TLS_CERT": "/etc/a.pem"})  # fmt: skip
+    assert str(refused.value).splitlines() == [
+        "AUTHORITY_DIRECTORY_URL and AUTHORITY_DIRECTORY_FILE are both set: the directory is one or the other",
+        "AUTHORITY_DIRECTORY_URL='https://portal.example/' must not end with '/': the lookup paths are appended to it",
+        "AUTHORITY_DIRECTORY_TLS_CERT is set without AUTHORITY_DIRECTORY_TLS_KEY, its private key",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("AUTHORITY_DIRECTORY_TIMEOUT_S", "0"), ("AUTHORITY_DIRECTORY_TIMEOUT_S", "31"),
+     ("AUTHORITY_DIRECTORY_CACHE_S", "-1"), ("AUTHORITY_DIRECTORY_NEGATIVE_CACHE_S", "soon"),
+     ("AUTHORITY_DIRECTORY_MAX_CONCURRENCY", "0"), ("AUTHORITY_DIRECTORY_MAX_ANSWER_BYTES", "10")],
+)  # fmt: skip
+def test_a_bad_directory_value_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name}: "):
+        load({name: value})
+
+
+def test_a_directory_token_that_cannot_be_a_header_is_refused_without_echoing_it() -> None:
+    with pytest.raises(SettingsError, match=r"^AUTHORITY_DIRECTORY_TOKEN: ") as refused:
+        load({**PORTAL, "AUTHORITY_DIRECTORY_TOKEN": "s3cret with spaces"})
+    assert "s3cret" not in str(refused.value)
+
+
+def test_create_app_accepts_the_portals_directory_instead_of_a_file(tmp_path: Path) -> None:
+    create_app(production(tmp_path, directory_file=None, directory_url="https://portal.example/directory"))
+    with pytest.raises(SettingsError, match="AUTHORITY_DIRECTORY_URL or AUTHORITY_DIRECTORY_FILE is required"):
+        create_app(production(tmp_path, directory_file=None))
+
+
+def test_an_unusable_directory_tls_file_stops_the_start_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "not-a-cert.pem").write_text("not a certificate")
+    portal = {"directory_file": None, "directory_url": "https://portal.example"}
+    settings = production(tmp_path, **portal, directory_tls_cert=str(tmp_path / "not-a-cert.pem"),
+                          directory_tls_key=str(tmp_path / "k"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"^AUTHORITY_DIRECTORY_TLS_CERT="):
+        create_app(settings)
+    with pytest.raises(ValueError, match=r"^AUTHORITY_DIRECTORY_TLS_CA="):
+        create_app(production(tmp_path, **portal, directory_tls_ca=str(tmp_path / "missing-ca.pem")))

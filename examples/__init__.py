@@ -1,0 +1,1 @@
+"""Examples that run beside the authority, not part of it (not installed with the package)."""
