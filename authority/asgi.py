@@ -6,14 +6,16 @@ an embedded Redis or the demo issuer. Each worker process builds its own app (an
 
 import sys
 
-from authority import logs
+from authority import logs, metrics
 from authority.app import create_app
 from authority.services import OPERATOR_ERRORS, say
 from authority.settings import load
 
 logs.configure()
 try:
-    app = create_app(load())
+    settings = load()
+    metrics.claim_folder()  # PROMETHEUS_MULTIPROC_DIR: this server's alone, before anything is counted
+    app = create_app(settings)
 except OPERATOR_ERRORS as exc:  # one line per mistake in every worker's log, not a traceback
     say(exc, sys.stderr)
     raise SystemExit(2) from None

@@ -52,6 +52,7 @@ class Caller(msgspec.Struct, frozen=True):
     auth_time: int | None = None
     acr: str | None = None
     amr: tuple[str, ...] = ()
+    session_id: str | None = None  # for one of our own access tokens: the session it belongs to
 
 
 class _Unverified(msgspec.Struct):
@@ -164,7 +165,16 @@ class Authenticator:
     async def _own_session(self, token: str, now: int) -> Caller:
         """One of our own access tokens: always an impersonated session (it carries ``act``)."""
         claims = await self._keys.verified(lambda keyring: self._own.access(token, keyring, now))
-        return Caller(claims.iss, claims.sub, None, claims.loc, None, impersonated=True, expires_at=claims.exp)
+        return Caller(
+            claims.iss,
+            claims.sub,
+            None,
+            claims.loc,
+            None,
+            impersonated=True,
+            expires_at=claims.exp,
+            session_id=claims.sid,
+        )
 
     async def _trusted(self, token: str, header: dict[str, Any], issuer: str, now: int) -> Caller:
         entry = self._issuers.get(issuer)

@@ -18,6 +18,9 @@ class LocationEntry(msgspec.Struct, frozen=True):
 
     id: str
     impersonation: bool
+    # Optional: the location asks every impersonator for a reason and/or a ticket (beside the global settings).
+    require_reason: bool = False
+    require_ticket: bool = False
 
 
 class Membership(msgspec.Struct, frozen=True):

@@ -55,6 +55,8 @@ class _Location(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     coworkers: list[int | _Flags]
     teams: dict[str, msgspec.Raw] = {}  # each decoded on its own, so an error names its team
     impersonation: bool = True
+    require_reason: bool = False
+    require_ticket: bool = False
 
 
 class _File(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -92,7 +94,12 @@ def parse(data: bytes) -> Snapshot:
         path = f"$.locations{_key(name)}"
         place = _decode(raw, _Location, path)
         teams = {team_id: _decode(team, _Team, f"{path}.teams{_key(team_id)}") for team_id, team in place.teams.items()}
-        locations[name] = LocationEntry(id=name, impersonation=place.impersonation)
+        locations[name] = LocationEntry(
+            id=name,
+            impersonation=place.impersonation,
+            require_reason=place.require_reason,
+            require_ticket=place.require_ticket,
+        )
         for given in place.coworkers:
             flags = given if isinstance(given, _Flags) else _Flags(id=given)
             memberships = tuple(

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn
 
 import msgspec
 
@@ -26,6 +26,8 @@ from authority.policy import (
     Rule,
     broken_rule,
     may_revoke,
+    require_customer,
+    require_justification,
     require_member,
     require_staff,
     require_step_up,
@@ -35,6 +37,7 @@ from authority.policy import (
 )
 from authority.refusals import (
     ImpersonationWithdrawn,
+    InvalidRequest,
     InvalidToken,
     Refusal,
     SessionNotFound,
@@ -43,12 +46,14 @@ from authority.refusals import (
     Unavailable,
 )
 from authority.replay import Allowlist, Outcome, SessionRecord
+from authority.sessions import Entry, Page, SessionTrail, Summary
 from authority.settings import Settings
 from authority.tokens import (
     ACCESS_TYP,
     IMPERSONATION_TYP,
     Actor,
     ImpersonationClaims,
+    Justification,
     OwnTokens,
     access_claims,
     impersonation_claims,
@@ -87,11 +92,29 @@ class Introspection(msgspec.Struct, frozen=True, omit_defaults=True):
     exp: int | None = None
     loc: str | None = None
     act: Actor | None = None
+    reason: str | None = None
+    ticket: str | None = None
+
+
+class SessionEnd(msgspec.Struct, frozen=True):
+    """``POST /api/sys/sessions/current/end``: the session is over (now, or it was already)."""
+
+    session_id: str
+    ended: bool = True
+
+
+class BulkRevocation(msgspec.Struct, frozen=True):
+    """How many live sessions a bulk revocation ended."""
+
+    revoked: int
 
 
 class Revocation(msgspec.Struct, frozen=True):
     session_id: str
     revoked: bool = True
+
+
+NO_REASON = Justification()
 
 
 def new_id() -> str:
@@ -107,6 +130,7 @@ class Authority:
     limiter: MintLimiter
     directory: Directory
     audit: AuditLog
+    trail: SessionTrail
     clock: Callable[[], float] = time.time
     own: OwnTokens = field(init=False)
 
@@ -132,22 +156,24 @@ class Authority:
             )
         return "no active signing key"
 
-    async def mint_for_staff(self, caller: Caller, coworker_id: int) -> str:
+    async def mint_for_staff(self, caller: Caller, coworker_id: int, why: Justification = NO_REASON) -> str:
         location = require_staff(caller)
         self._require_step_up(caller)
         place, target = await self._look_up(location, coworker_id)
         if rule := broken_rule(place, target):
             await self._refuse(caller, coworker_id, location, staff_refusal(rule, coworker_id, location))
-        return await self._mint(caller, coworker_id, location, caller.role or "")
+        require_justification(why, kind="staff", settings=self.settings, place=place)
+        return await self._mint(caller, coworker_id, location, caller.role or "", why)
 
-    async def mint_for_team_admin(self, caller: Caller, coworker_id: int) -> str:
+    async def mint_for_team_admin(self, caller: Caller, coworker_id: int, why: Justification = NO_REASON) -> str:
         location, admin_id = require_member(caller)
         self._require_step_up(caller)
         place, target = await self._look_up(location, coworker_id)
         admin = await self.directory.coworker(location, admin_id) if place and target else None
         if rule := broken_rule(place, target, admin_id=admin_id, admin=admin):
             await self._refuse(caller, coworker_id, location, team_admin_refusal(rule, coworker_id, location))
-        return await self._mint(caller, coworker_id, location, "team-admin", admin_id=admin_id)
+        require_justification(why, kind="team-admin", settings=self.settings, place=place)
+        return await self._mint(caller, coworker_id, location, "team-admin", why, admin_id=admin_id)
 
     def _require_step_up(self, caller: Caller) -> None:
         require_step_up(caller, self._issuers[caller.issuer], int(self.clock()))
@@ -165,9 +191,17 @@ class Authority:
         raise refusal
 
     async def _mint(
-        self, caller: Caller, coworker_id: int, location: str, role: str, *, admin_id: int | None = None
+        self,
+        caller: Caller,
+        coworker_id: int,
+        location: str,
+        role: str,
+        why: Justification,
+        *,
+        admin_id: int | None = None,
     ) -> str:
         s = self.settings
+        capped = self._issuers[caller.issuer].cap_session_to_bearer
         now = int(self.clock())
         signer = self._signer(now)
         claims = impersonation_claims(
@@ -187,6 +221,8 @@ class Authority:
             jti=new_id(),
             now=now,
             ttl=s.impersonation_ttl_s,
+            why=why,
+            actor_exp=caller.expires_at if capped else None,
         )
         token = sign(claims, signer, IMPERSONATION_TYP)
         await self.allowlist.issue(
@@ -206,6 +242,8 @@ class Authority:
             location=location,
             jti=claims.jti,
             kid=signer.kid,
+            why=why.reason,
+            ticket=why.ticket,
         )
         return token
 
@@ -216,24 +254,10 @@ class Authority:
         now = int(self.clock())
         grant = await self.keys.verified(lambda keyring: self.own.impersonation(token, keyring, now))
         signer = self._signer(now)
-        withdrawn = await self._still_allowed(grant)  # asked before anything is spent: a 503 here spends nothing
+        # Asked before anything is spent: a directory that cannot answer (503) spends nothing.
+        withdrawn: Rule | None = "actor-signed-out" if grant.actor_exp is not None and grant.actor_exp <= now else None
+        withdrawn = withdrawn or await self._still_allowed(grant)
         sid = grant.jti  # one key per impersonation: the allowlist entry becomes the session record
-        record = SessionRecord(sub=grant.sub, loc=grant.loc, act=grant.act, exp=now + s.session_ttl_s)
-        used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s)
-        who = {"actor": grant.act.sub, "subject": grant.sub, "location": grant.loc, "jti": grant.jti}
-        if withdrawn and used.outcome is Outcome.CONSUMED:  # spent, and the session it would have opened is closed
-            await self.allowlist.revoke(sid)
-            raise ImpersonationWithdrawn(
-                f"the impersonation is no longer allowed: {RULES[withdrawn]}; the token is spent",
-                audit={**who, "rule": withdrawn},
-            )
-        if used.outcome is Outcome.UNKNOWN:
-            raise TokenNotIssued("this token is not on the allowlist (never issued, expired, or lost)", audit=who)
-        if used.outcome is Outcome.REPLAYED:
-            raise TokenReplayed(
-                "this impersonation token was already exchanged; its session is revoked",
-                audit={**who, "sid": sid, "revoked": "now" if used.revoked_now else "already"},
-            )
         claims = access_claims(
             grant,
             issuer=s.public_issuer,
@@ -244,8 +268,43 @@ class Authority:
             now=now,
             ttl=s.session_ttl_s,
         )
+        record = SessionRecord(
+            sub=grant.sub, loc=grant.loc, act=grant.act, exp=claims.exp, reason=grant.reason, ticket=grant.ticket
+        )
+        used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s)
+        who = {"actor": grant.act.sub, "subject": grant.sub, "location": grant.loc, "jti": grant.jti}
+        who |= {name: value for name, value in (("why", grant.reason), ("ticket", grant.ticket)) if value}
+        if withdrawn and used.outcome is Outcome.CONSUMED:  # spent, and the session it would have opened is closed
+            await self.allowlist.revoke(sid)
+            raise ImpersonationWithdrawn(
+                f"the impersonation is no longer allowed: {RULES[withdrawn]}; the token is spent",
+                audit={**who, "rule": withdrawn},
+            )
+        if used.outcome is Outcome.UNKNOWN:
+            raise TokenNotIssued("this token is not on the allowlist (never issued, expired, or lost)", audit=who)
+        if used.outcome is Outcome.REPLAYED:
+            if used.revoked_now:
+                await self.trail.end(sid, "replayed", now)
+            raise TokenReplayed(
+                "this impersonation token was already exchanged; its session is revoked",
+                audit={**who, "sid": sid, "revoked": "now" if used.revoked_now else "already"},
+            )
+        # On the trail before the answer: a bulk revocation asked after this exchange succeeded always finds it.
+        await self.trail.record(
+            Summary(
+                session_id=sid,
+                location=grant.loc,
+                subject=grant.sub,
+                actor=grant.act,
+                started=now,
+                ends=claims.exp,
+                reason=grant.reason,
+                ticket=grant.ticket,
+            ),
+            self.clock(),
+        )
         self.audit.emit("exchange", "session", sid=sid, kid=signer.kid, **who)
-        return SessionGrant(access_token=sign(claims, signer, ACCESS_TYP), expires_in=s.session_ttl_s, session_id=sid)
+        return SessionGrant(access_token=sign(claims, signer, ACCESS_TYP), expires_in=claims.exp - now, session_id=sid)
 
     async def _still_allowed(self, grant: ImpersonationClaims) -> Rule | None:
         """The policy asked again at redemption, on the directory as it is now: the rule the impersonation now
@@ -274,17 +333,88 @@ class Authority:
         )
         if session is None or not allowed:
             raise SessionNotFound(f"no session {sid} you may revoke", audit={"actor": caller.subject, "sid": sid})
-        await self.allowlist.revoke(sid)
+        await self._end(session.record, sid, "revoked", caller)
+        return Revocation(session_id=sid)
+
+    async def _end(self, record: SessionRecord, sid: str, how: Literal["ended", "revoked"], caller: Caller) -> bool:
+        """Revoke the session and mark its trail; audited. False if it had ended already."""
+        ended = await self.allowlist.revoke(sid)
+        first = await self.trail.end(sid, how, int(self.clock()))
         self.audit.emit(
             "revocation",
-            "revoked",
+            how,
             actor=caller.subject,
             role=caller.role,
-            subject=session.record.sub,
-            location=session.record.loc,
+            subject=record.sub,
+            location=record.loc,
             sid=sid,
+            why=record.reason,
+            ticket=record.ticket,
         )
-        return Revocation(session_id=sid)
+        return ended and first
+
+    async def end_current(self, caller: Caller) -> SessionEnd:
+        """The impersonated session ends itself ("stop impersonating"); ending an ended session is not an error."""
+        sid = caller.session_id
+        session = await self.allowlist.session(sid) if sid else None
+        if sid is None or session is None:
+            raise SessionNotFound("this session is not on record (expired or lost)", audit={"sid": sid or ""})
+        if session.state == "active":
+            await self._end(session.record, sid, "ended", caller)
+        return SessionEnd(session_id=sid)
+
+    async def revoke_all(self, caller: Caller, *, actor: str | None, subject: str | None) -> BulkRevocation:
+        """Every live session of an actor, or of a customer, in the caller's location. A session whose exchange
+        answered before this was asked is on the trail already (the exchange writes it before answering)."""
+        location = require_staff(caller)
+        now = int(self.clock())
+        index = (
+            self.trail.actor_index(location, actor)
+            if actor is not None
+            else self.trail.customer_index(location, subject or "")
+        )
+        revoked = 0
+        for sid in await self.trail.live(index, since=now - self.settings.session_ttl_s - self.settings.clock_skew_s):
+            session = await self.allowlist.session(sid)
+            if session is not None and session.state == "active" and session.record.loc == location:
+                revoked += await self._end(session.record, sid, "revoked", caller)
+        return BulkRevocation(revoked=revoked)
+
+    async def list_sessions(
+        self,
+        caller: Caller,
+        *,
+        actor: str | None,
+        subject: str | None,
+        state: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        """The location's sessions, newest first, filtered by actor, customer and state."""
+        location = require_staff(caller)
+        if actor is not None:
+            index = self.trail.actor_index(location, actor)
+        elif subject is not None:
+            index = self.trail.customer_index(location, subject)
+        else:
+            index = self.trail.location_index(location)
+
+        def keep(entry: Entry) -> bool:
+            return (subject is None or entry.subject == subject) and (state is None or entry.state == state)
+
+        filtered = (subject is not None and actor is not None) or state is not None
+        return await self._page(index, cursor, limit, keep if filtered else None)
+
+    async def my_impersonations(self, caller: Caller, *, cursor: str | None, limit: int) -> Page:
+        """Who impersonated this customer, when, why and how it ended, newest first."""
+        location, coworker_id = require_customer(caller)
+        return await self._page(self.trail.customer_index(location, str(coworker_id)), cursor, limit, None)
+
+    async def _page(self, index: str, cursor: str | None, limit: int, keep: Callable[[Entry], bool] | None) -> Page:
+        try:
+            return await self.trail.page(index, cursor=cursor, limit=limit, now=int(self.clock()), keep=keep)
+        except ValueError as exc:
+            raise InvalidRequest(f"cursor: {exc}") from None
 
     async def introspect(self, caller: Caller, token: str) -> Introspection:
         """RFC 7662: active only for a valid access token of ours whose session is on record and not revoked."""

@@ -4,6 +4,7 @@ and call the rules here."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -25,7 +26,8 @@ from authority.refusals import (
     TargetIsStaff,
     UnsupportedMediaType,
 )
-from authority.settings import TrustedIssuer
+from authority.settings import Settings, TrustedIssuer
+from authority.tokens import Justification
 
 STAFF_ROLES = frozenset({"admin", "operator"})
 CUSTOMER_ROLE = "customer"
@@ -68,6 +70,7 @@ Rule = Literal[
     "not-administered",
     "coworker-is-staff",
     "coworker-not-impersonable",
+    "actor-signed-out",
 ]
 RULES: dict[Rule, str] = {
     "location-unknown": "the location is not in the directory",
@@ -78,6 +81,7 @@ RULES: dict[Rule, str] = {
     "not-administered": "the coworker is not a member of a team the team admin administers",
     "coworker-is-staff": "the coworker is staff, and staff are never impersonated",
     "coworker-not-impersonable": "the coworker is marked not impersonable",
+    "actor-signed-out": "the impersonator's own sign-in has expired",
 }
 
 
@@ -150,6 +154,39 @@ def require_step_up(caller: Caller, issuer: TrustedIssuer, now: int) -> None:
         )
 
 
+TICKET = re.compile(r"[A-Za-z0-9._:#/-]{1,64}")
+REASON_MAX = 200
+
+
+def justification(reason: str | None, ticket: str | None) -> Justification:
+    """A reason (1 to 200 printable characters: no control, format or line-breaking characters) and a ticket
+    (1 to 64 of ``A-Za-z0-9._:#/-``), each optional here; ``require_justification`` says when one is required."""
+    if reason is not None and not (0 < len(reason) <= REASON_MAX and reason.isprintable() and reason.strip()):
+        raise InvalidRequest(f"reason must be 1 to {REASON_MAX} printable characters, not only spaces")
+    if ticket is not None and not TICKET.fullmatch(ticket):
+        raise InvalidRequest("ticket must be 1 to 64 of the characters A-Z a-z 0-9 . _ : # / -")
+    return Justification(reason=reason, ticket=ticket)
+
+
+def require_justification(
+    why: Justification, *, kind: Literal["staff", "team-admin"], settings: Settings, place: LocationEntry | None
+) -> None:
+    """A reason or a ticket required of this kind of impersonator by the settings, or of everyone by the location."""
+    if why.reason is None and (kind in settings.require_reason or (place is not None and place.require_reason)):
+        raise InvalidRequest("a reason is required: say why, in the reason query parameter")
+    if why.ticket is None and (kind in settings.require_ticket or (place is not None and place.require_ticket)):
+        raise InvalidRequest("a ticket is required: give its reference in the ticket query parameter")
+
+
+def require_customer(caller: Caller) -> tuple[str, int]:
+    """The customer reading their own trail: signed in as themself (an impersonated session may not read it: the
+    trail is the customer's check on impersonators, not theirs to read), with a location and coworker id."""
+    require_unimpersonated(caller)
+    if caller.role != CUSTOMER_ROLE or not caller.location or caller.coworker_id is None:
+        raise Forbidden("only the customer, signed in as themself, may read who impersonated them")
+    return caller.location, caller.coworker_id
+
+
 def may_revoke(caller: Caller, *, location: str, actor_issuer: str, actor_subject: str) -> bool:
     """Staff of the session's location, or the impersonator themself (in that location), may end a session."""
     in_location = caller.location == location
@@ -182,6 +219,17 @@ def body_of(media_type: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], Ba
             raise InvalidRequest(f"the body is empty: send the token as {media_type}")
 
     return guard
+
+
+async def own_session(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: an impersonated session of ours, acting on itself (the portal's "stop impersonating" button)."""
+    if not connection.user.impersonated or connection.user.session_id is None:
+        raise Forbidden("only an impersonated session may end itself")
+
+
+async def customer(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: a customer signed in as themself."""
+    require_customer(connection.user)
 
 
 async def unimpersonated(connection: ASGIConnection[Any, Caller, Any, Any], _: BaseRouteHandler) -> None:

@@ -217,6 +217,37 @@ class Internal(Refusal):
     title = "Internal error"
 
 
+class InvalidDpopProof(Refusal):
+    """RFC 9449 section 4.3: the DPoP proof is malformed, not for this request, stale, replayed, or not by the key
+    the token is bound to. The challenge (section 7.1) names the algs we verify, so a client can sign with one."""
+
+    status = 401
+    code = "invalid-dpop-proof"
+    title = "The DPoP proof is invalid"
+
+    def __init__(self, detail: str, *, algs: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        # RFC 6749 section 5.2: error_description is printable ASCII without '"' or '\'
+        described = "".join(c if " " <= c <= "~" else "?" for c in detail.replace('"', "'").replace("\\", "/"))
+        challenge = f'DPoP error="invalid_dpop_proof", error_description="{described}"'
+        if algs:
+            challenge += f', algs="{" ".join(algs)}"'
+        self.headers["WWW-Authenticate"] = challenge
+
+
+class UseDpopNonce(Refusal):
+    """RFC 9449 section 8: an authorization server (the exchange, the token endpoint) wants the proof to carry the
+    nonce it hands out: 400 ``use_dpop_nonce`` with the nonce to use in ``DPoP-Nonce``, and the client retries once.
+    (A resource server would answer 401 with a ``WWW-Authenticate`` challenge instead, section 9.)"""
+
+    status = 400
+    code = "use-dpop-nonce"
+    title = "The DPoP proof must carry the server's current nonce"
+
+    def __init__(self, detail: str, *, nonce: str) -> None:
+        super().__init__(detail, headers={"DPoP-Nonce": nonce})
+
+
 # What the framework's own errors (by status) are, in the terms above.
 BY_STATUS: dict[int, type[Refusal]] = {
     400: InvalidRequest,

@@ -98,13 +98,15 @@ async def _on_key_primary(cluster: RedisCluster, key: str, *commands: tuple[Any,
     return replies
 
 
-class SessionRecord(msgspec.Struct, frozen=True):
+class SessionRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     """What an exchange records: enough to authorise a revocation and to answer introspection."""
 
     sub: str
     loc: str
     act: Actor
     exp: int
+    reason: str | None = None
+    ticket: str | None = None
 
 
 class Outcome(enum.Enum):

@@ -18,7 +18,7 @@ from litestar.types import ControllerRouterHandler
 
 from authority import policy
 from authority.authn import ID, Caller
-from authority.impersonation import Authority, Introspection, Revocation, SessionGrant
+from authority.impersonation import Authority, BulkRevocation, Introspection, Revocation, SessionEnd, SessionGrant
 from authority.problems import PROBLEM_BASE
 from authority.refusals import (
     BadSignature,
@@ -27,13 +27,18 @@ from authority.refusals import (
     CustomerSession,
     Forbidden,
     HeadersTooLarge,
+    ImpersonationDisabled,
+    ImpersonationWithdrawn,
+    InsufficientUserAuthentication,
     InvalidRequest,
     InvalidToken,
     MethodNotAllowed,
     NestedImpersonation,
+    NotImpersonable,
     RateLimited,
     Refusal,
     SessionNotFound,
+    TargetIsStaff,
     TokenExpired,
     TokenNotIssued,
     TokenNotYetValid,
@@ -47,6 +52,8 @@ from authority.refusals import (
     WrongTokenType,
 )
 from authority.services import Published
+from authority.sessions import Page
+from authority.sessions import State as SessionState
 from authority.tokens import MAX_TOKEN_LENGTH, check_unique_names
 
 NO_STORE = CacheControlHeader(no_store=True)
@@ -121,8 +128,12 @@ _MINT_PROBLEMS = problems(
     InvalidRequest,
     Unauthenticated,
     CustomerSession,
+    InsufficientUserAuthentication,
     Forbidden,
     NestedImpersonation,
+    ImpersonationDisabled,
+    NotImpersonable,
+    TargetIsStaff,
     CoworkerNotFound,
     RateLimited,
     Unavailable,
@@ -139,11 +150,17 @@ _EXCHANGE_PROBLEMS = problems(
     BadSignature,
     TokenReplayed,
     TokenNotIssued,
+    ImpersonationWithdrawn,
     UnsupportedMediaType,
     BodyTooLarge,
     Unavailable,
 )
 _SESSION_PROBLEMS = problems(InvalidRequest, Unauthenticated, NestedImpersonation, SessionNotFound, Unavailable)
+_LIST_PROBLEMS = problems(InvalidRequest, Unauthenticated, CustomerSession, Forbidden, NestedImpersonation, Unavailable)
+_REASON_DOC = "why (1 to 200 printable characters); required where the settings or the location say so"
+_TICKET_DOC = "the ticket this is for (1 to 64 of A-Za-z0-9._:#/-); required where the settings or the location say so"
+_CURSOR_DOC = "the next value of the previous page"
+Limit = Annotated[int, QueryParameter(ge=1, le=100, description="items per page")]
 _JWT_EXAMPLE = "eyJhbGciOiJFZERTQSIsImtpZCI6IlJ5THNxRTZy...In0.eyJpc3MiOi...fQ.7nn8QlUgSjg2..."
 
 
@@ -151,6 +168,20 @@ class MintResponse(msgspec.Struct, frozen=True):
     token: Annotated[
         str, msgspec.Meta(description="an imp+jwt, valid 60 s, exchangeable once", examples=[_JWT_EXAMPLE])
     ]
+
+
+class BulkRevocationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Exactly one of: every live session of an impersonator (their ``sub``), or of a customer (coworker id)."""
+
+    actor: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    subject: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
+
+
+def once(request: Request[Any, Any, Any], *names: str) -> None:
+    """Each of these query parameters at most once: a request means one thing or is refused."""
+    for name in names:
+        if len(request.query_params.getall(name, [])) > 1:
+            raise InvalidRequest(f"{name} must be given at most once")
 
 
 class ExchangeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -168,18 +199,44 @@ class Status(msgspec.Struct, frozen=True):
     status: str
 
 
-class Discovery(msgspec.Struct, frozen=True):
-    """Issuer metadata (an OpenID discovery subset); every URL built from the route table."""
+# What the metadata promises of endpoints built alongside this one (RFC 8693 token exchange, RFC 9449 DPoP). The token
+# endpoint's route does not exist yet: its URL is written out here, and must become url("token") (route_reverse)
+# when the route lands; the lists below must then come from the modules that enforce them, so the document never
+# promises what the server refuses.
+TOKEN_ENDPOINT_PATH = "/oauth2/token"  # noqa: S105 - a path, not a secret
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - RFC 8693 section 5
+CLIENT_AUTH_METHODS = ("client_secret_basic", "private_key_jwt")
+CLIENT_ASSERTION_ALGS = ("ES256", "EdDSA", "PS256", "RS256")  # private_key_jwt assertions
+DPOP_ALGS = ("ES256", "EdDSA", "PS256", "RS256")
+_TEMPLATE = "an RFC 6570 URI template (level 1): fill in {%s}"
+
+
+class ServerMetadata(msgspec.Struct, frozen=True):
+    """RFC 8414 authorization server metadata: registered names for what they mean; ``authority_*`` for what no
+    registered name means (the mint and exchange of impersonation tokens, session revocation), so our names never
+    collide with one registered now or later. Every URL is the issuer followed by a path from the route table."""
 
     issuer: str
+    token_endpoint: str
     jwks_uri: str
-    impersonation_endpoint: str
-    team_impersonation_endpoint: str
-    exchange_endpoint: str
+    # REQUIRED by section 2, but there is no authorization endpoint: "none" (the one registered response type that
+    # hands out nothing) rather than an empty array, which section 3.2 forbids.
+    response_types_supported: tuple[str, ...]
+    grant_types_supported: tuple[str, ...]
+    token_endpoint_auth_methods_supported: tuple[str, ...]
+    token_endpoint_auth_signing_alg_values_supported: tuple[str, ...]
     introspection_endpoint: str
-    revocation_endpoint_template: str
-    token_signing_alg_values_supported: list[str]
-    access_token_audience: str
+    # "Bearer" (RFC 6750) from the OAuth Access Token Types registry, which section 2 allows here: introspection
+    # is authenticated by a trusted issuer's bearer token, not by client authentication.
+    introspection_endpoint_auth_methods_supported: tuple[str, ...]
+    dpop_signing_alg_values_supported: tuple[str, ...]  # RFC 9449 section 5.1
+    authority_impersonation_endpoint: str
+    authority_team_impersonation_endpoint_template: Annotated[str, msgspec.Meta(description=_TEMPLATE % "coworkerId")]
+    authority_exchange_endpoint: str
+    # Not ``revocation_endpoint``: RFC 7009's takes a token in a form body; ours ends a session named in the path.
+    authority_session_revocation_endpoint_template: Annotated[str, msgspec.Meta(description=_TEMPLATE % "sid")]
+    authority_access_token_audience: str
+    authority_token_signing_alg_values_supported: tuple[str, ...]  # the algs of the published keys
 
 
 class JwkSet(msgspec.Struct, frozen=True):
@@ -209,10 +266,14 @@ class MintController(Controller):
         request: Request[Caller, None, State],
         authority: AuthorityDep,
         coworkerId: Annotated[str, QueryParameter(pattern=ID_PATTERN, description=_ID_DOC)],  # errors name it so
+        reason: Annotated[str | None, QueryParameter(description=_REASON_DOC)] = None,
+        ticket: Annotated[str | None, QueryParameter(description=_TICKET_DOC)] = None,
     ) -> MintResponse:
         if len(request.query_params.getall("coworkerId")) != 1:
             raise InvalidRequest("coworkerId must be given exactly once")
-        return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworkerId)))
+        once(request, "reason", "ticket")
+        why = policy.justification(reason, ticket)
+        return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworkerId), why))
 
     @get(
         "/api/public/coworkers/{coworkerId:str}/impersonate",
@@ -226,8 +287,30 @@ class MintController(Controller):
         request: Request[Caller, None, State],
         authority: AuthorityDep,
         coworkerId: Annotated[str, PathParameter(pattern=ID_PATTERN, description=_ID_DOC)],  # as the seed names it
+        reason: Annotated[str | None, QueryParameter(description=_REASON_DOC)] = None,
+        ticket: Annotated[str | None, QueryParameter(description=_TICKET_DOC)] = None,
     ) -> MintResponse:
-        return MintResponse(await authority.mint_for_team_admin(request.user, parse_id(coworkerId)))
+        once(request, "reason", "ticket")
+        why = policy.justification(reason, ticket)
+        return MintResponse(await authority.mint_for_team_admin(request.user, parse_id(coworkerId), why))
+
+    @get(
+        "/api/public/coworkers/me/impersonations",
+        name="my-impersonations",
+        guards=[policy.customer],
+        tags=["sessions"],
+        summary="Who impersonated me, when, why, and how it ended",
+        responses=_LIST_PROBLEMS,
+    )
+    async def mine(
+        self,
+        request: Request[Caller, None, State],
+        authority: AuthorityDep,
+        cursor: Annotated[str | None, QueryParameter(max_length=128, description=_CURSOR_DOC)] = None,
+        limit: Limit = 50,
+    ) -> Page:
+        once(request, "cursor", "limit")
+        return await authority.my_impersonations(request.user, cursor=cursor, limit=limit)
 
 
 class SessionController(Controller):
@@ -257,6 +340,51 @@ class SessionController(Controller):
         return await authority.revoke(request.user, sid)
 
     @post(
+        "/api/sys/sessions/revoke",
+        name="revoke-all",
+        status_code=HTTP_200_OK,
+        guards=[policy.staff, policy.body_of("application/json")],
+        summary="Revoke every live session of an impersonator or of a customer, in the caller's location",
+        responses=_LIST_PROBLEMS,
+    )
+    async def revoke_all(
+        self, request: Request[Caller, None, State], authority: AuthorityDep, data: JSONBody[BulkRevocationRequest]
+    ) -> BulkRevocation:
+        try:
+            check_unique_names(await request.body())
+        except ValueError as exc:
+            raise InvalidRequest(f"the body is ambiguous: {exc}") from None
+        if (data.actor is None) == (data.subject is None):
+            raise InvalidRequest('give exactly one of "actor" and "subject"')
+        return await authority.revoke_all(request.user, actor=data.actor, subject=data.subject)
+
+    @get(
+        "/api/sys/sessions",
+        name="sessions",
+        guards=[policy.staff],
+        summary="Live and recent impersonated sessions of the caller's location, newest first",
+        responses=_LIST_PROBLEMS,
+    )
+    async def sessions(
+        self,
+        request: Request[Caller, None, State],
+        authority: AuthorityDep,
+        *,
+        actor: Annotated[str | None, QueryParameter(max_length=256, description="the impersonator's sub")] = None,
+        subject: Annotated[str | None, QueryParameter(pattern=ID_PATTERN, description="the customer")] = None,
+        # "state" is a name Litestar keeps for the app state: the query parameter is read under another
+        state_now: Annotated[
+            SessionState | None, QueryParameter(name="state", description="the session's state now")
+        ] = None,
+        cursor: Annotated[str | None, QueryParameter(max_length=128, description=_CURSOR_DOC)] = None,
+        limit: Limit = 50,
+    ) -> Page:
+        once(request, "actor", "subject", "state", "cursor", "limit")
+        return await authority.list_sessions(
+            request.user, actor=actor, subject=subject, state=state_now, cursor=cursor, limit=limit
+        )
+
+    @post(
         "/oauth2/introspect",
         name="introspect",
         status_code=HTTP_200_OK,
@@ -268,6 +396,22 @@ class SessionController(Controller):
         self, request: Request[Caller, None, State], authority: AuthorityDep, data: URLEncodedBody[IntrospectionRequest]
     ) -> Introspection:
         return await authority.introspect(request.user, data.token)
+
+
+@post(
+    "/api/sys/sessions/current/end",
+    name="end-current",
+    status_code=HTTP_200_OK,
+    cache_control=NO_STORE,
+    tags=["sessions"],
+    security=BEARER,
+    guards=[policy.own_session],
+    summary="End this impersonated session (the portal's stop-impersonating button)",
+    responses=problems(Unauthenticated, Forbidden, SessionNotFound, Unavailable),
+)
+async def end_current(request: Request[Caller, None, State], authority: AuthorityDep) -> SessionEnd:
+    """The one route an impersonated session's own bearer may call."""
+    return await authority.end_current(request.user)
 
 
 @post(
@@ -308,32 +452,64 @@ async def jwks(request: Request[Any, Any, State], published: PublishedDep) -> Re
     return Response(keyring.jwks, media_type="application/json", headers=headers)
 
 
-@route(
-    "/.well-known/openid-configuration",
-    http_method=READ,
-    name="discovery",
-    tags=["discovery"],
-    summary="Issuer metadata",
-    opt=PUBLIC,
-)
-async def discovery(request: Request[Any, Any, State], published: PublishedDep) -> Response[Discovery]:
+def server_metadata(request: Request[Any, Any, State], published: Published) -> Response[ServerMetadata]:
+    """The one metadata document, for both paths it is served at; cached as long as the JWKS."""
     settings = published.settings
 
     def url(name: str, **params: str) -> str:
         return settings.public_issuer + request.app.route_reverse(name, **params)
 
-    document = Discovery(
+    document = ServerMetadata(
         issuer=settings.public_issuer,
+        token_endpoint=settings.public_issuer + TOKEN_ENDPOINT_PATH,  # url("token") once the route lands
         jwks_uri=url("jwks"),
-        impersonation_endpoint=url("impersonate"),
-        team_impersonation_endpoint=url("team-impersonate", coworkerId="{coworkerId}"),
-        exchange_endpoint=url("exchange"),
+        response_types_supported=("none",),
+        grant_types_supported=(TOKEN_EXCHANGE_GRANT,),
+        token_endpoint_auth_methods_supported=CLIENT_AUTH_METHODS,
+        token_endpoint_auth_signing_alg_values_supported=CLIENT_ASSERTION_ALGS,
         introspection_endpoint=url("introspect"),
-        revocation_endpoint_template=url("revoke", sid="{sid}"),
-        token_signing_alg_values_supported=sorted({k.alg for k in published.keyring.keys}),
-        access_token_audience=settings.session_audience,
+        introspection_endpoint_auth_methods_supported=("Bearer",),
+        dpop_signing_alg_values_supported=DPOP_ALGS,
+        authority_impersonation_endpoint=url("impersonate"),
+        authority_team_impersonation_endpoint_template=url("team-impersonate", coworkerId="{coworkerId}"),
+        authority_exchange_endpoint=url("exchange"),
+        authority_session_revocation_endpoint_template=url("revoke", sid="{sid}"),
+        authority_access_token_audience=settings.session_audience,
+        authority_token_signing_alg_values_supported=tuple(sorted({k.alg for k in published.keyring.keys})),
     )
     return Response(document, headers={"Cache-Control": f"public, max-age={settings.jwks_max_age_s}"})
+
+
+@route(
+    "/.well-known/oauth-authorization-server",
+    http_method=READ,
+    name="metadata",
+    tags=["discovery"],
+    summary="Authorization server metadata (RFC 8414)",
+    opt=PUBLIC,
+)
+async def metadata(request: Request[Any, Any, State], published: PublishedDep) -> Response[ServerMetadata]:
+    """RFC 8414 section 3.1 puts this path between the issuer's host and its path: for an issuer with a path
+    (``https://example.com/authority``) a proxy must route ``/.well-known/oauth-authorization-server/authority``
+    here."""
+    return server_metadata(request, published)
+
+
+@route(
+    "/.well-known/openid-configuration",
+    http_method=READ,
+    name="discovery",
+    tags=["discovery"],
+    summary="The same metadata at the OpenID Connect Discovery path",
+    opt=PUBLIC,
+)
+async def discovery(request: Request[Any, Any, State], published: PublishedDep) -> Response[ServerMetadata]:
+    """The RFC 8414 document, unchanged: RFC 8414 sections 3 and 5 use "openid-configuration" for OAuth metadata
+    in general, and consumers that look for ``jwks_uri`` there keep finding it. We are not an OpenID Provider (no
+    ID tokens, no authorization or userinfo endpoint), so the OpenID-only members (``subject_types_supported``,
+    ``id_token_signing_alg_values_supported``) are left out rather than promising ID tokens no one gets: an
+    OpenID Connect validator refuses this document, by design."""
+    return server_metadata(request, published)
 
 
 @route("/healthz", http_method=READ, name="healthz", tags=["probes"], summary="Liveness", opt=PUBLIC)
@@ -355,4 +531,14 @@ async def readyz(ready: ReadyDep) -> Status:
     return Status("ready")
 
 
-ROUTES: list[ControllerRouterHandler] = [MintController, SessionController, exchange, jwks, discovery, healthz, readyz]
+ROUTES: list[ControllerRouterHandler] = [
+    MintController,
+    SessionController,
+    end_current,
+    exchange,
+    jwks,
+    metadata,
+    discovery,
+    healthz,
+    readyz,
+]

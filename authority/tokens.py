@@ -72,7 +72,10 @@ class Actor(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     amr: tuple[str, ...] = ()
 
 
-class ImpersonationClaims(msgspec.Struct, frozen=True):
+class ImpersonationClaims(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``reason`` and ``ticket`` say why (beside ``act``, which says who); ``actor_exp`` is when the impersonator's
+    own sign-in ends, past which the session it opens may not last."""
+
     iss: str
     aud: str
     sub: str
@@ -82,10 +85,14 @@ class ImpersonationClaims(msgspec.Struct, frozen=True):
     exp: int
     loc: str
     act: Actor
+    reason: str | None = None
+    ticket: str | None = None
+    actor_exp: int | None = None
 
 
-class AccessClaims(msgspec.Struct, frozen=True):
-    """An RFC 9068 access token for the portal, marked by ``act`` as impersonated."""
+class AccessClaims(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An RFC 9068 access token for the portal, marked by ``act`` as impersonated, with its ``reason`` and
+    ``ticket`` if the impersonator gave them."""
 
     iss: str
     aud: str
@@ -98,10 +105,29 @@ class AccessClaims(msgspec.Struct, frozen=True):
     exp: int
     loc: str
     act: Actor
+    reason: str | None = None
+    ticket: str | None = None
+
+
+class Justification(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Why an impersonation happens: a free-text reason and a ticket reference, each optional unless required."""
+
+    reason: str | None = None
+    ticket: str | None = None
 
 
 def impersonation_claims(
-    *, issuer: str, audience: str, coworker_id: int, location: str, actor: Actor, jti: str, now: int, ttl: int
+    *,
+    issuer: str,
+    audience: str,
+    coworker_id: int,
+    location: str,
+    actor: Actor,
+    jti: str,
+    now: int,
+    ttl: int,
+    why: Justification = Justification(),  # noqa: B008 - frozen, shared safely
+    actor_exp: int | None = None,
 ) -> ImpersonationClaims:
     return ImpersonationClaims(
         iss=issuer,
@@ -113,6 +139,9 @@ def impersonation_claims(
         exp=now + ttl,
         loc=location,
         act=actor,
+        reason=why.reason,
+        ticket=why.ticket,
+        actor_exp=actor_exp,
     )
 
 
@@ -136,9 +165,11 @@ def access_claims(
         sid=sid,
         iat=now,
         nbf=now,
-        exp=now + ttl,
+        exp=min(now + ttl, grant.actor_exp) if grant.actor_exp is not None else now + ttl,
         loc=grant.loc,
         act=grant.act,
+        reason=grant.reason,
+        ticket=grant.ticket,
     )
 
 

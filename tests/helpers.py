@@ -1,6 +1,7 @@
 """What more than one test module uses: the service's route paths, problem-details checks, minting, hand-built
-JWS, the configured service (``Stack``) and the running-app plumbing of the rotation tests. Fixtures stay in
-``conftest.py``; test modules import from here and from nowhere else in ``tests``."""
+JWS, the configured service (``Stack``), the running-app plumbing of the rotation tests, and the image's start
+command run for real (``the_images_command``). Fixtures stay in ``conftest.py``; test modules import from here and
+from nowhere else in ``tests``."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import re
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import jwt
@@ -27,6 +31,7 @@ from litestar.testing import TestClient
 
 from authority import demo
 from authority.app import create_app
+from authority.embedded import free_port
 from authority.impersonation import Authority
 from authority.keys.jwk import public_jwk
 from authority.settings import Settings
@@ -41,6 +46,11 @@ EXCHANGE = "/api/sys/users/exchange"
 INTROSPECT = "/oauth2/introspect"
 JWKS = "/.well-known/jwks.json"
 DISCOVERY = "/.well-known/openid-configuration"
+METADATA = "/.well-known/oauth-authorization-server"
+SESSIONS = "/api/sys/sessions"
+REVOKE_ALL = "/api/sys/sessions/revoke"
+END_CURRENT = "/api/sys/sessions/current/end"
+MY_IMPERSONATIONS = "/api/public/coworkers/me/impersonations"
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
 METRICS = "/metrics"
@@ -86,6 +96,20 @@ def direct_redis(stack: Stack) -> redis.Redis:
     (every key under ``stack.settings.redis_prefix``)."""
     assert stack.settings.redis_url is not None
     return redis.Redis.from_url(stack.settings.redis_url)
+
+
+def audit_events(stack: Stack, wanted: Callable[[dict[str, Any]], bool], at_least: int) -> list[dict[str, Any]]:
+    """The stack's audit events that ``wanted`` keeps, once there are ``at_least`` of them: the service writes its
+    stream off the request path, a moment after it answered (polled, 10 s at most)."""
+    stream = f"{stack.settings.redis_prefix}audit"
+    deadline = time.monotonic() + 10
+    with direct_redis(stack) as direct:
+        while True:
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], direct.xrange(stream))
+            events = [e for e in (json.loads(fields[b"event"]) for _, fields in entries) if wanted(e)]
+            if len(events) >= at_least or time.monotonic() > deadline:
+                return events
+            time.sleep(0.01)
 
 
 def decode_unverified(token: str) -> dict[str, Any]:
@@ -250,3 +274,100 @@ def mint_lasting(client: TestClient[Any], stack: Stack, coworker: int = 42) -> s
 def jwks(client: TestClient[Any]) -> list[dict[str, Any]]:
     keys: list[dict[str, Any]] = client.get(JWKS).json()["keys"]
     return keys
+
+
+# --- the image's start command, running (the Dockerfile's CMD: granian) ---------------------------------------
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+BIN = Path(sys.executable).parent
+
+
+def instruction(name: str) -> list[str]:
+    """The arguments of every ``name`` instruction (continuation lines joined)."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    return [line.split(None, 1)[1] for line in joined.splitlines() if line.startswith(f"{name} ")]
+
+
+@dataclass
+class Served:
+    """The image's start command, running: its granian process, where it listens, its output (stdout + stderr)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    env: dict[str, str]
+    portal: Path
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def bearer(self, sub: str) -> dict[str, str]:
+        token = demo.dev_token(self.portal, role="operator", sub=sub, location="1")
+        return {"Authorization": f"Bearer {token}"}
+
+    def output(self) -> str:
+        """granian's and the app's log lines, without the audit trail."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(line for line in lines if '"event":' not in line)[-4000:]
+
+
+def the_images_cmd(port: int) -> list[str]:
+    """The Dockerfile's CMD, as is but for where it listens: 127.0.0.1:``port``."""
+    command: list[str] = json.loads(instruction("CMD")[0])
+    command[command.index("--port") + 1] = str(port)
+    command[command.index("--host") + 1] = "127.0.0.1"
+    return command
+
+
+@contextmanager
+def the_images_command(redis_url: str, tmp_path: Path, **settings: str) -> Iterator[Served]:
+    """The CMD of the Dockerfile, as is but for its port, with production settings and the env the image sets
+    (``settings``: more ``AUTHORITY_*`` variables), served until /readyz answers; stopped on exit."""
+    port = free_port()
+    command = the_images_cmd(port)
+    portal = tmp_path / "portal"
+    issuer = demo.trusted_demo_issuer(portal)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")},
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "AUTHORITY_KEYS_DIR": str(tmp_path / "keys"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "AUTHORITY_REDIS_URL": redis_url,
+        "AUTHORITY_REDIS_PREFIX": f"deploy{port}:",
+        "AUTHORITY_ISSUER": f"http://127.0.0.1:{port}",
+        "AUTHORITY_KEY_STORE": "redis",
+        "AUTHORITY_KEY_PASSPHRASE": "deploy test passphrase",
+        "AUTHORITY_DIRECTORY_FILE": str(ROOT / "authority" / "demo_directory.json"),
+        "AUTHORITY_TRUSTED_ISSUERS": json.dumps(
+            [{"issuer": issuer.issuer, "audiences": issuer.audiences, "jwks_file": issuer.jwks_file}]
+        ),
+        **{f"AUTHORITY_{name.upper()}": value for name, value in settings.items()},
+    }
+    # To a file, not a pipe: the audit trail goes to stderr, and a full pipe would stall the workers. granian logs
+    # to stdout (a worker's traceback too).
+    log = tmp_path / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
+    served = Served(process, port, env, portal, log)
+    try:
+        try:
+            wait_until_ready(f"{served.base}{READYZ}", process)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{served.output()}") from None
+        yield served
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def poll(what: str, check: Callable[[], Any], seconds: float, served: Served) -> Any:
+    """``check()`` until it returns something truthy; fail after ``seconds``, or as soon as granian exits."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if served.process.poll() is not None:
+            raise AssertionError(f"granian exited ({served.process.returncode}) waiting for {what}\n{served.output()}")
+        if result := check():
+            return result
+        assert time.monotonic() < deadline, f"no {what} within {seconds} s\n{served.output()}"
+        time.sleep(0.005)

@@ -260,7 +260,9 @@ def test_jwks_and_discovery(client: TestClient[Any]) -> None:
     meta = discovered.json()
     assert meta["issuer"] == "http://authority.test"
     assert meta["jwks_uri"] == f"http://authority.test{JWKS}"
-    assert meta["exchange_endpoint"] == f"http://authority.test{EXCHANGE}"
+    assert meta["authority_exchange_endpoint"] == f"http://authority.test{EXCHANGE}"  # ours: prefixed (RFC 8414)
+    assert meta["introspection_endpoint"] == f"http://authority.test{INTROSPECT}"
+    assert "exchange_endpoint" not in meta  # the unprefixed names of before are gone
 
 
 @pytest.mark.parametrize(
@@ -308,6 +310,7 @@ def test_openapi_documents_every_refusal_with_an_example(client: TestClient[Any]
     assert {e["value"]["type"] for e in unauthorized["examples"].values()} == {
         "urn:authority:problem:unauthenticated",
         "urn:authority:problem:customer-session",
+        "urn:authority:problem:insufficient-user-authentication",
     }
     exchange = paths[EXCHANGE]["post"]["responses"]
     replay = exchange["401"]["content"]["application/problem+json"]["examples"]

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from authority.embedded import EmbeddedRedis, free_port
@@ -73,3 +74,39 @@ def test_with_redis_unreachable_at_start_readiness_and_mint_name_redis(make_stac
         for answer in (readiness, minted):
             assert "Redis at redis://127.0.0.1:" in answer.json()["detail"], answer.text
             assert "s3cret" not in answer.text
+
+
+def fill(server: redis.Redis) -> list[str]:
+    """Write to ``server`` until it refuses even a small write (OOM); the keys written. Large values first, then
+    smaller ones: a refused large write can leave room for a small one."""
+    written: list[str] = []
+    for size in (65536, 4096, 256, 16):
+        with pytest.raises(redis.exceptions.OutOfMemoryError):  # noqa: PT012 - write until the server refuses
+            for _ in range(100_000):
+                written.append(f"filler:{len(written)}")
+                server.set(written[-1], b"x" * size)
+    return written
+
+
+def test_a_full_redis_under_noeviction_is_503_and_spends_nothing(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """The compose file runs Valkey with ``maxmemory-policy noeviction``: full, it refuses writes (OOM) rather than
+    evicting an allowlist entry. The service then answers 503, never 500 and never a token; the token whose exchange
+    was refused is still good once memory is freed (the consume script's write was refused before it wrote)."""
+    extra = ["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]
+    with EmbeddedRedis(tmp_path / "full", persist=False, extra=extra) as server:
+        stack = make_stack(redis_url=server.url)
+        operator = stack.bearer("operator", "7")
+        with stack.client() as client, redis.Redis(port=server.port) as direct:
+            before = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
+            filled = fill(direct)
+
+            minted = client.get(STAFF, params={"coworkerId": 43}, headers=operator)
+            assert_problem(minted, 503, "unavailable")
+            assert minted.headers["retry-after"] == "1"
+            assert_problem(client.post(EXCHANGE, json={"token": before}), 503, "unavailable")
+            assert client.get(HEALTHZ).status_code == 200
+
+            direct.delete(*filled)
+            assert client.post(EXCHANGE, json={"token": before}).status_code == 200

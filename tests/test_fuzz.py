@@ -23,13 +23,18 @@ from schemathesis.python.asgi import shutdown_lifespans
 from authority.app import create_app
 from tests.helpers import (
     DISCOVERY,
+    END_CURRENT,
     EXCHANGE,
     HEALTHZ,
     INTROSPECT,
     JWKS,
+    METADATA,
     METRICS,
+    MY_IMPERSONATIONS,
     READYZ,
+    REVOKE_ALL,
     SCHEMA,
+    SESSIONS,
     STAFF,
     Stack,
     revoke,
@@ -56,11 +61,16 @@ OPERATIONS = {
     REVOKE_OP,
     INTROSPECT_OP,
     f"GET {JWKS}",
+    f"GET {METADATA}",
     f"GET {DISCOVERY}",
     HEALTHZ_OP,
     f"GET {READYZ}",
     f"GET {METRICS}",
-    *(f"HEAD {path}" for path in (JWKS, DISCOVERY, HEALTHZ, READYZ)),
+    f"POST {END_CURRENT}",
+    f"POST {REVOKE_ALL}",
+    f"GET {SESSIONS}",
+    f"GET {MY_IMPERSONATIONS}",
+    *(f"HEAD {path}" for path in (JWKS, METADATA, DISCOVERY, HEALTHZ, READYZ)),
 }
 
 

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import jwt
 import msgspec
@@ -19,7 +19,7 @@ from authority import demo
 from authority.directory import CoworkerEntry, LocationEntry, Membership
 from authority.directory_file import DEMO_DIRECTORY, FileDirectory
 from authority.policy import broken_rule
-from tests.helpers import EXCHANGE, STAFF, Stack, assert_problem, decode_unverified, direct_redis, team
+from tests.helpers import EXCHANGE, STAFF, Stack, assert_problem, audit_events, decode_unverified, team
 
 
 @pytest.fixture
@@ -54,10 +54,8 @@ def change(client: TestClient[Any], path: Path, edit: Callable[[dict[str, Any]],
 
 
 def audited_rules(stack: Stack) -> list[str]:
-    stream = f"{stack.settings.redis_prefix}audit"
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], direct_redis(stack).xrange(stream))
-    events = [json.loads(fields[b"event"]) for _, fields in entries]
-    return [e["rule"] for e in events if "rule" in e]
+    """The rule of the one refusal a test expects on the audit stream."""
+    return [e["rule"] for e in audit_events(stack, lambda e: "rule" in e, at_least=1)]
 
 
 def mint(client: TestClient[Any], stack: Stack, coworker: int, *, role: str = "operator", sub: str = "7",

@@ -142,7 +142,7 @@ def test_2_2_weak_symmetric_keys(target: Target, alg: str) -> None:
     publishes no ``oct`` key, discovery advertises no MAC alg, and a MAC token under any secret is refused."""
     keys, meta = published(target.client)
     assert all(key["kty"] != "oct" and "k" not in key for key in keys)
-    assert not any(a.startswith("HS") or a == "none" for a in meta["token_signing_alg_values_supported"])
+    assert not any(a.startswith("HS") or a == "none" for a in meta["authority_token_signing_alg_values_supported"])
     digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
 
     def mac(secret: bytes) -> Callable[[bytes], bytes]:

@@ -19,7 +19,19 @@ from litestar.testing import TestClient
 from authority.connection import parse_sentinel_url
 from authority.embedded import EmbeddedRedis, free_port, server_binary
 from authority.replay import MAX_REPLICA_LAG_S
-from tests.helpers import EXCHANGE, INTROSPECT, READYZ, STAFF, Stack, decode_unverified, revoke
+from tests.helpers import (
+    END_CURRENT,
+    EXCHANGE,
+    INTROSPECT,
+    MY_IMPERSONATIONS,
+    READYZ,
+    REVOKE_ALL,
+    SESSIONS,
+    STAFF,
+    Stack,
+    decode_unverified,
+    revoke,
+)
 
 NOT_SPENT = "the token was not spent"  # what a 503 says when the exchange was refused before consuming
 
@@ -116,6 +128,26 @@ def test_cluster(make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis])
             if direct.dbsize():
                 owners.add(node.port)
     assert len(owners) >= 2
+
+
+def test_the_sessions_trail_on_cluster(make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis]) -> None:
+    """Lists, the customer's view, ending from the inside and bulk revocation, with every key on its own slot."""
+    stack = make_stack(redis_url=cluster[0].url, redis_cluster=True, key_store="redis")
+    operator, admin = stack.bearer("operator", "7"), stack.bearer("admin", "1")
+    with stack.client() as client:
+        grants = []
+        for coworker in (42, 43, 42):
+            token = client.get(STAFF, params={"coworkerId": coworker, "reason": "r"}, headers=operator).json()["token"]
+            grants.append(client.post(EXCHANGE, json={"token": token}).json())
+        ended = client.post(END_CURRENT, headers={"Authorization": f"Bearer {grants[1]['access_token']}"})
+        assert ended.json()["ended"] is True
+        listed = client.get(SESSIONS, headers=admin).json()["items"]
+        assert [(i["session_id"], i["state"]) for i in listed] == [
+            (grants[2]["session_id"], "active"), (grants[1]["session_id"], "ended"), (grants[0]["session_id"], "active")
+        ]  # fmt: skip
+        mine = client.get(MY_IMPERSONATIONS, headers=stack.bearer("customer", "42")).json()["items"]
+        assert [i["session_id"] for i in mine] == [grants[2]["session_id"], grants[0]["session_id"]]
+        assert client.post(REVOKE_ALL, json={"actor": "7"}, headers=admin).json() == {"revoked": 2}
 
 
 class SentinelSetup:
