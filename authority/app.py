@@ -62,6 +62,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
             "authority": Provide(lambda: services.authority, sync_to_thread=False),
             "published": Provide(lambda: published, sync_to_thread=False),
             "ready": Provide(lambda: services.ready, sync_to_thread=False),
+            "endpoint": Provide(lambda: services.token_endpoint, sync_to_thread=False),
         },
         plugins=[problems.PLUGIN],
         after_exception=[problems.auditor(services.audit)],

@@ -17,7 +17,7 @@ import hmac
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import jwt
@@ -310,3 +310,38 @@ def verify_proof(
     except (_Invalid, InvalidToken) as exc:  # InvalidToken: from the shared JWS rules in ``tokens``
         detail = exc.detail if isinstance(exc, InvalidToken) else str(exc)
         raise InvalidDpopProof(detail, algs=tuple(sorted(algorithms))) from None
+
+
+Mode = Literal["off", "allowed", "required"]
+
+
+class DpopGate:
+    """The service's use of DPoP on a request (the mint, the exchange, the token endpoint): ``off`` ignores the
+    header (section 5: a server that does not do DPoP ignores it); ``allowed`` binds when a proof comes;
+    ``required`` refuses a request without one. A proof's ``jti`` is spent here, once per key within its window."""
+
+    def __init__(self, mode: Mode, replay: ProofReplay, issuer: str, nonces: Nonces | None = None) -> None:
+        self.mode = mode
+        self._replay = replay
+        self._issuer = issuer
+        self._nonces = nonces
+
+    async def bind(
+        self, proofs: list[str], *, method: str, path: str, now: int, expected_jkt: str | None = None
+    ) -> str | None:
+        """The thumbprint of the key the request proves it holds, or None when it proves none and may go unbound.
+        ``expected_jkt``: the key the presented token was bound to at mint; a proof by any other is refused."""
+        if self.mode == "off":
+            return None
+        if not proofs:
+            if self.mode == "required" or expected_jkt is not None:
+                raise InvalidDpopProof("a DPoP proof is required here", algs=tuple(sorted(DEFAULT_ALGORITHMS)))
+            return None
+        if len(proofs) > 1:
+            raise InvalidDpopProof("one DPoP header, not several", algs=tuple(sorted(DEFAULT_ALGORITHMS)))
+        proof = verify_proof(
+            proofs[0], method=method, url=self._issuer + path, now=now, nonces=self._nonces, expected_jkt=expected_jkt
+        )
+        if not await self._replay.first_use(proof.jti, proof.jkt, proof.replay_ttl(now)):
+            raise InvalidDpopProof("this DPoP proof was already used", algs=tuple(sorted(DEFAULT_ALGORITHMS)))
+        return proof.jkt

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, NoReturn
 
@@ -19,6 +19,7 @@ from authority.audit import AuditLog
 from authority.authn import Caller
 from authority.connection import shown
 from authority.directory import CoworkerEntry, Directory, LocationEntry
+from authority.dpop import DpopGate
 from authority.keys import KeyManager, Keyring, LoadedKey
 from authority.limits import MintLimiter
 from authority.policy import (
@@ -37,6 +38,7 @@ from authority.policy import (
 )
 from authority.refusals import (
     ImpersonationWithdrawn,
+    InvalidDpopProof,
     InvalidRequest,
     InvalidToken,
     Refusal,
@@ -52,6 +54,7 @@ from authority.tokens import (
     ACCESS_TYP,
     IMPERSONATION_TYP,
     Actor,
+    Confirmation,
     ImpersonationClaims,
     Justification,
     OwnTokens,
@@ -94,6 +97,7 @@ class Introspection(msgspec.Struct, frozen=True, omit_defaults=True):
     act: Actor | None = None
     reason: str | None = None
     ticket: str | None = None
+    cnf: Confirmation | None = None
 
 
 class SessionEnd(msgspec.Struct, frozen=True):
@@ -131,6 +135,7 @@ class Authority:
     directory: Directory
     audit: AuditLog
     trail: SessionTrail
+    dpop: DpopGate
     clock: Callable[[], float] = time.time
     own: OwnTokens = field(init=False)
 
@@ -156,16 +161,20 @@ class Authority:
             )
         return "no active signing key"
 
-    async def mint_for_staff(self, caller: Caller, coworker_id: int, why: Justification = NO_REASON) -> str:
+    async def mint_for_staff(
+        self, caller: Caller, coworker_id: int, why: Justification = NO_REASON, *, jkt: str | None = None
+    ) -> str:
         location = require_staff(caller)
         self._require_step_up(caller)
         place, target = await self._look_up(location, coworker_id)
         if rule := broken_rule(place, target):
             await self._refuse(caller, coworker_id, location, staff_refusal(rule, coworker_id, location))
         require_justification(why, kind="staff", settings=self.settings, place=place)
-        return await self._mint(caller, coworker_id, location, caller.role or "", why)
+        return await self._mint(caller, coworker_id, location, caller.role or "", why, jkt=jkt)
 
-    async def mint_for_team_admin(self, caller: Caller, coworker_id: int, why: Justification = NO_REASON) -> str:
+    async def mint_for_team_admin(
+        self, caller: Caller, coworker_id: int, why: Justification = NO_REASON, *, jkt: str | None = None
+    ) -> str:
         location, admin_id = require_member(caller)
         self._require_step_up(caller)
         place, target = await self._look_up(location, coworker_id)
@@ -173,7 +182,11 @@ class Authority:
         if rule := broken_rule(place, target, admin_id=admin_id, admin=admin):
             await self._refuse(caller, coworker_id, location, team_admin_refusal(rule, coworker_id, location))
         require_justification(why, kind="team-admin", settings=self.settings, place=place)
-        return await self._mint(caller, coworker_id, location, "team-admin", why, admin_id=admin_id)
+        return await self._mint(caller, coworker_id, location, "team-admin", why, admin_id=admin_id, jkt=jkt)
+
+    async def proven_key(self, proofs: Sequence[str], *, method: str, path: str) -> str | None:
+        """The DPoP key a request proves it holds (its thumbprint), or None; a proof's jti is spent here."""
+        return await self.dpop.bind(list(proofs), method=method, path=path, now=int(self.clock()))
 
     def _require_step_up(self, caller: Caller) -> None:
         require_step_up(caller, self._issuers[caller.issuer], int(self.clock()))
@@ -199,6 +212,7 @@ class Authority:
         why: Justification,
         *,
         admin_id: int | None = None,
+        jkt: str | None = None,
     ) -> str:
         s = self.settings
         capped = self._issuers[caller.issuer].cap_session_to_bearer
@@ -223,6 +237,7 @@ class Authority:
             ttl=s.impersonation_ttl_s,
             why=why,
             actor_exp=caller.expires_at if capped else None,
+            jkt=jkt,
         )
         token = sign(claims, signer, IMPERSONATION_TYP)
         await self.allowlist.issue(
@@ -247,13 +262,26 @@ class Authority:
         )
         return token
 
-    async def exchange(self, token: str) -> SessionGrant:
+    async def exchange(
+        self, token: str, *, proofs: Sequence[str] = (), path: str = "", bound: str | None = None
+    ) -> SessionGrant:
         """Verify, then consume the jti atomically. A replay is refused and revokes the session the first use
-        opened (the refresh-token reuse rule): whoever holds a leaked token cannot keep a session alive with it."""
+        opened (the refresh-token reuse rule): whoever holds a leaked token cannot keep a session alive with it.
+
+        The one redemption of the seed's exchange and of the token endpoint. DPoP: ``proofs`` (the request's
+        ``DPoP`` headers, for ``path``) bind the session to their key, or ``bound``, a key this request already
+        proved; a token minted bound (``cnf``) is redeemed only with a proof by that key."""
         s = self.settings
         now = int(self.clock())
         grant = await self.keys.verified(lambda keyring: self.own.impersonation(token, keyring, now))
         signer = self._signer(now)
+        expected = grant.cnf.jkt if grant.cnf else None
+        if bound is None:
+            jkt = await self.dpop.bind(list(proofs), method="POST", path=path, now=now, expected_jkt=expected)
+        elif expected not in (None, bound):
+            raise InvalidDpopProof("the DPoP key is not the one the token was minted for")
+        else:
+            jkt = bound
         # Asked before anything is spent: a directory that cannot answer (503) spends nothing.
         withdrawn: Rule | None = "actor-signed-out" if grant.actor_exp is not None and grant.actor_exp <= now else None
         withdrawn = withdrawn or await self._still_allowed(grant)
@@ -267,6 +295,7 @@ class Authority:
             sid=sid,
             now=now,
             ttl=s.session_ttl_s,
+            jkt=jkt,
         )
         record = SessionRecord(
             sub=grant.sub, loc=grant.loc, act=grant.act, exp=claims.exp, reason=grant.reason, ticket=grant.ticket
@@ -304,7 +333,12 @@ class Authority:
             self.clock(),
         )
         self.audit.emit("exchange", "session", sid=sid, kid=signer.kid, **who)
-        return SessionGrant(access_token=sign(claims, signer, ACCESS_TYP), expires_in=claims.exp - now, session_id=sid)
+        return SessionGrant(
+            access_token=sign(claims, signer, ACCESS_TYP),
+            expires_in=claims.exp - now,
+            session_id=sid,
+            token_type="DPoP" if jkt else "Bearer",
+        )
 
     async def _still_allowed(self, grant: ImpersonationClaims) -> Rule | None:
         """The policy asked again at redemption, on the directory as it is now: the rule the impersonation now

@@ -11,15 +11,16 @@ from litestar import Controller, HttpMethod, Request, Response, get, post, route
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Example
+from litestar.openapi.spec import Example, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import JSONBody, PathParameter, QueryParameter, SkipValidation, URLEncodedBody
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
 from litestar.types import ControllerRouterHandler
 
-from authority import policy
+from authority import policy, token_endpoint
 from authority.authn import ID, Caller
+from authority.dpop import DEFAULT_ALGORITHMS
 from authority.impersonation import Authority, BulkRevocation, Introspection, Revocation, SessionEnd, SessionGrant
-from authority.problems import PROBLEM_BASE
+from authority.problems import PROBLEM_BASE, refusal_of
 from authority.refusals import (
     BadSignature,
     BodyTooLarge,
@@ -66,6 +67,7 @@ SID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 AuthorityDep = NamedDependency[SkipValidation[Authority]]
 PublishedDep = NamedDependency[SkipValidation[Published]]
 ReadyDep = NamedDependency[SkipValidation[Callable[[], Awaitable[None]]]]
+TokenEndpointDep = NamedDependency[SkipValidation[token_endpoint.TokenEndpoint]]
 # The OpenAPI security requirement of every route that needs a caller.
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 PUBLIC = {"exclude_from_auth": True}  # routes anyone may call: no bearer is read
@@ -199,15 +201,8 @@ class Status(msgspec.Struct, frozen=True):
     status: str
 
 
-# What the metadata promises of endpoints built alongside this one (RFC 8693 token exchange, RFC 9449 DPoP). The token
-# endpoint's route does not exist yet: its URL is written out here, and must become url("token") (route_reverse)
-# when the route lands; the lists below must then come from the modules that enforce them, so the document never
-# promises what the server refuses.
-TOKEN_ENDPOINT_PATH = "/oauth2/token"  # noqa: S105 - a path, not a secret
-TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - RFC 8693 section 5
+# What the metadata promises, from the modules that enforce it: the document never promises what the server refuses.
 CLIENT_AUTH_METHODS = ("client_secret_basic", "private_key_jwt")
-CLIENT_ASSERTION_ALGS = ("ES256", "EdDSA", "PS256", "RS256")  # private_key_jwt assertions
-DPOP_ALGS = ("ES256", "EdDSA", "PS256", "RS256")
 _TEMPLATE = "an RFC 6570 URI template (level 1): fill in {%s}"
 
 
@@ -273,7 +268,8 @@ class MintController(Controller):
             raise InvalidRequest("coworkerId must be given exactly once")
         once(request, "reason", "ticket")
         why = policy.justification(reason, ticket)
-        return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworkerId), why))
+        jkt = await authority.proven_key(request.headers.getall("dpop", []), method="GET", path=request.url.path)
+        return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworkerId), why, jkt=jkt))
 
     @get(
         "/api/public/coworkers/{coworkerId:str}/impersonate",
@@ -292,7 +288,8 @@ class MintController(Controller):
     ) -> MintResponse:
         once(request, "reason", "ticket")
         why = policy.justification(reason, ticket)
-        return MintResponse(await authority.mint_for_team_admin(request.user, parse_id(coworkerId), why))
+        jkt = await authority.proven_key(request.headers.getall("dpop", []), method="GET", path=request.url.path)
+        return MintResponse(await authority.mint_for_team_admin(request.user, parse_id(coworkerId), why, jkt=jkt))
 
     @get(
         "/api/public/coworkers/me/impersonations",
@@ -398,6 +395,30 @@ class SessionController(Controller):
         return await authority.introspect(request.user, data.token)
 
 
+def _oauth_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The token endpoint answers every refusal as RFC 6749 section 5.2 says, not as problem details."""
+    return token_endpoint.error_response(refusal_of(exc))
+
+
+@post(
+    token_endpoint.TOKEN_PATH,
+    name="token",
+    status_code=HTTP_200_OK,
+    cache_control=NO_STORE,
+    tags=["oauth"],
+    summary="RFC 8693 token exchange: an impersonation token, or a coworker id and an actor token, for a session",
+    description=token_endpoint.__doc__,
+    guards=[policy.body_of("application/x-www-form-urlencoded")],
+    exception_handlers={Exception: _oauth_error},
+    opt=PUBLIC,  # the subject token, or the client's own authentication, is the credential
+    request_body=RequestBody(
+        content={"application/x-www-form-urlencoded": OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT))}
+    ),
+)
+async def token(request: Request[Any, Any, State], endpoint: TokenEndpointDep) -> token_endpoint.TokenResponse:
+    return await endpoint.exchange(request, await request.body())
+
+
 @post(
     "/api/sys/sessions/current/end",
     name="end-current",
@@ -432,7 +453,7 @@ async def exchange(
         check_unique_names(await request.body())
     except ValueError as exc:
         raise InvalidRequest(f"the body is ambiguous: {exc}") from None
-    return await authority.exchange(data.token)
+    return await authority.exchange(data.token, proofs=request.headers.getall("dpop", []), path=request.url.path)
 
 
 @route(
@@ -461,15 +482,15 @@ def server_metadata(request: Request[Any, Any, State], published: Published) -> 
 
     document = ServerMetadata(
         issuer=settings.public_issuer,
-        token_endpoint=settings.public_issuer + TOKEN_ENDPOINT_PATH,  # url("token") once the route lands
+        token_endpoint=url("token"),
         jwks_uri=url("jwks"),
         response_types_supported=("none",),
-        grant_types_supported=(TOKEN_EXCHANGE_GRANT,),
+        grant_types_supported=(token_endpoint.GRANT_TYPE,),
         token_endpoint_auth_methods_supported=CLIENT_AUTH_METHODS,
-        token_endpoint_auth_signing_alg_values_supported=CLIENT_ASSERTION_ALGS,
+        token_endpoint_auth_signing_alg_values_supported=tuple(sorted(token_endpoint.ASSERTION_ALGS)),
         introspection_endpoint=url("introspect"),
         introspection_endpoint_auth_methods_supported=("Bearer",),
-        dpop_signing_alg_values_supported=DPOP_ALGS,
+        dpop_signing_alg_values_supported=tuple(sorted(DEFAULT_ALGORITHMS)),
         authority_impersonation_endpoint=url("impersonate"),
         authority_team_impersonation_endpoint_template=url("team-impersonate", coworkerId="{coworkerId}"),
         authority_exchange_endpoint=url("exchange"),
@@ -534,6 +555,7 @@ async def readyz(ready: ReadyDep) -> Status:
 ROUTES: list[ControllerRouterHandler] = [
     MintController,
     SessionController,
+    token,
     end_current,
     exchange,
     jwks,

@@ -24,6 +24,7 @@ from authority.connection import REDIS_ERRORS, connect_redis, shown
 from authority.directory import Directory
 from authority.directory_file import DEMO_DIRECTORY, FileDirectory
 from authority.directory_http import HttpDirectory
+from authority.dpop import DpopGate, Nonces, ProofReplay
 from authority.impersonation import Authority
 from authority.keys import (
     FileKeyStore,
@@ -42,6 +43,7 @@ from authority.refusals import Unavailable
 from authority.replay import Allowlist
 from authority.sessions import SessionTrail
 from authority.settings import Settings, SettingsError
+from authority.token_endpoint import TokenEndpoint
 
 logger = logging.getLogger("authority")
 # What an operator can fix (a setting, a key file, Redis): said in one line each, never as a traceback.
@@ -68,6 +70,7 @@ class Services:
     allowlist: Allowlist
     authority: Authority
     authenticator: Authenticator
+    token_endpoint: TokenEndpoint
     directory: Directory
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -194,7 +197,10 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
     trail = SessionTrail(
         redis, settings.redis_prefix, retention_s=settings.trail_retention_s, per_customer=settings.trail_per_customer
     )
-    authority = Authority(settings, keys, allowlist, limiter, directory, audit, trail, clock)
+    nonces = Nonces(settings.dpop_nonce_secret.encode(), clock=clock) if settings.dpop_nonce_secret else None
+    dpop = DpopGate(settings.dpop, ProofReplay(redis, settings.redis_prefix), settings.public_issuer, nonces)
+    authority = Authority(settings, keys, allowlist, limiter, directory, audit, trail, dpop, clock)
+    authenticator = Authenticator(settings, keys, clock)
     return Services(
         settings=settings,
         clock=clock,
@@ -203,6 +209,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
         keys=keys,
         allowlist=allowlist,
         authority=authority,
-        authenticator=Authenticator(settings, keys, clock),
+        authenticator=authenticator,
+        token_endpoint=TokenEndpoint(settings, authority, authenticator, redis),
         directory=directory,
     )

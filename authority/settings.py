@@ -50,6 +50,19 @@ class TrustedIssuer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError(f"trusted issuer {self.issuer!r} needs exactly one of jwks_url or jwks_file")
 
 
+class TokenClient(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A client of the token endpoint's one-step flow (RFC 8693 with an actor token), which must authenticate:
+    ``client_secret_basic`` against the SHA-256 of its secret, or ``private_key_jwt`` with a key of its JWKS."""
+
+    client_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._~-]{1,128}$")]
+    client_secret_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    jwks_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.client_secret_sha256 is None) == (self.jwks_file is None):
+            raise ValueError(f"token client {self.client_id!r} needs exactly one of client_secret_sha256 or jwks_file")
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Everything the service reads from its environment. Field ``x_y`` is variable ``AUTHORITY_X_Y``."""
 
@@ -91,6 +104,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     require_ticket: list[Literal["staff", "team-admin"]] = msgspec.field(default_factory=list)
     trail_retention_s: Annotated[int, msgspec.Meta(ge=3600, le=400 * 86400)] = 90 * 86400
     trail_per_customer: Annotated[int, msgspec.Meta(ge=10, le=100_000)] = 1000
+    # RFC 9449: "allowed" binds a session to the key of a DPoP proof that comes; "required" refuses a mint, an
+    # exchange or a token request without one (and a token minted with one is redeemed only with that key).
+    dpop: Literal["off", "allowed", "required"] = "allowed"
+    # With a secret (32+ bytes, shared by every replica), proofs must carry a server nonce (RFC 9449 section 8).
+    dpop_nonce_secret: Annotated[str, msgspec.Meta(min_length=32)] | None = None
+    # The RFC 8693 token endpoint's clients for the one-step flow (subject + actor token).
+    token_clients: list[TokenClient] = msgspec.field(default_factory=list)
     directory_file: str | None = None
     directory_url: str | None = None  # the portal's directory API (docs/directory-api.yaml); excludes directory_file
     directory_token: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,4096}$")] | None = None  # bearer
@@ -183,7 +203,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         return Path(self.keys_dir)
 
 
-_JSON_FIELDS = {"trusted_issuers", "require_reason", "require_ticket"}
+_JSON_FIELDS = {"trusted_issuers", "require_reason", "require_ticket", "token_clients"}
 _FIELDS = {field.name: field.type for field in msgspec.structs.fields(Settings)}
 
 

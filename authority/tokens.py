@@ -72,6 +72,12 @@ class Actor(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     amr: tuple[str, ...] = ()
 
 
+class Confirmation(msgspec.Struct, frozen=True):
+    """RFC 7800 ``cnf`` with an RFC 9449 ``jkt``: the token is good only with a DPoP proof by this key."""
+
+    jkt: str
+
+
 class ImpersonationClaims(msgspec.Struct, frozen=True, omit_defaults=True):
     """``reason`` and ``ticket`` say why (beside ``act``, which says who); ``actor_exp`` is when the impersonator's
     own sign-in ends, past which the session it opens may not last."""
@@ -88,6 +94,7 @@ class ImpersonationClaims(msgspec.Struct, frozen=True, omit_defaults=True):
     reason: str | None = None
     ticket: str | None = None
     actor_exp: int | None = None
+    cnf: Confirmation | None = None  # with AUTHORITY_DPOP=required: only the minter's DPoP key may redeem it
 
 
 class AccessClaims(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -107,6 +114,7 @@ class AccessClaims(msgspec.Struct, frozen=True, omit_defaults=True):
     act: Actor
     reason: str | None = None
     ticket: str | None = None
+    cnf: Confirmation | None = None  # a DPoP-bound session: its key's thumbprint
 
 
 class Justification(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -128,6 +136,7 @@ def impersonation_claims(
     ttl: int,
     why: Justification = Justification(),  # noqa: B008 - frozen, shared safely
     actor_exp: int | None = None,
+    jkt: str | None = None,
 ) -> ImpersonationClaims:
     return ImpersonationClaims(
         iss=issuer,
@@ -142,6 +151,7 @@ def impersonation_claims(
         reason=why.reason,
         ticket=why.ticket,
         actor_exp=actor_exp,
+        cnf=Confirmation(jkt) if jkt else None,
     )
 
 
@@ -155,6 +165,7 @@ def access_claims(
     sid: str,
     now: int,
     ttl: int,
+    jkt: str | None = None,
 ) -> AccessClaims:
     return AccessClaims(
         iss=issuer,
@@ -170,6 +181,7 @@ def access_claims(
         act=grant.act,
         reason=grant.reason,
         ticket=grant.ticket,
+        cnf=Confirmation(jkt) if jkt else None,
     )
 
 

@@ -36,6 +36,7 @@ from tests.helpers import (
     SCHEMA,
     SESSIONS,
     STAFF,
+    TOKEN,
     Stack,
     revoke,
     team,
@@ -67,6 +68,7 @@ OPERATIONS = {
     f"GET {READYZ}",
     f"GET {METRICS}",
     f"POST {END_CURRENT}",
+    f"POST {TOKEN}",
     f"POST {REVOKE_ALL}",
     f"GET {SESSIONS}",
     f"GET {MY_IMPERSONATIONS}",
@@ -91,7 +93,11 @@ def label(operation: Operation) -> str:
 def check(case: Case[Any], response: Response, headers: dict[str, str]) -> None:
     reproduce = f"{response.status_code} {response.text[:300]}\n{case.as_curl_command(headers=headers)}"
     assert response.status_code < 500, reproduce
-    if response.status_code >= 400:
+    if response.status_code >= 400 and case.operation.path == TOKEN:  # RFC 6749 section 5.2, not problem details
+        assert response.headers.get("content-type") == ["application/json"], reproduce
+        assert isinstance(response.json()["error"], str), reproduce
+        assert response.headers.get("cache-control") == ["no-store"], reproduce
+    elif response.status_code >= 400:
         assert response.headers.get("content-type") == ["application/problem+json"], reproduce
         body = response.json()
         assert body["status"] == response.status_code, reproduce
