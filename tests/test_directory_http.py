@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from authority.directory_http import HttpDirectory
 from authority.embedded import free_port
 from authority.refusals import Unavailable
 from examples.portal_adapter import SCHEMA, FileSource, SqliteSource, create_app
-from tests.helpers import ROOT, STAFF, Clock, Stack, assert_problem, wait_until_ready
+from tests.helpers import EXCHANGE, ROOT, STAFF, Clock, Stack, assert_problem, wait_until_ready
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 CONTRACT = ROOT / "docs" / "directory-api.yaml"
@@ -583,7 +584,7 @@ def test_the_service_mints_through_the_portal_and_answers_503_when_it_cannot(
             assert minted.status_code == 200, minted.text
             assert {"location 1", "coworker 1 42"} <= set(source.asked)
             refused = client.get(STAFF, params={"coworkerId": 60}, headers=stack.bearer("operator", "7"))
-            assert refused.status_code in (403, 404), refused.text  # not impersonable: the portal's word, obeyed
+            assert_problem(refused, 403, "coworker-not-impersonable")  # the portal's word, obeyed
     # the portal is gone now; the service is still up
     with stack.client() as client:
         down = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7"))
@@ -641,3 +642,44 @@ async def test_what_the_adapter_serves_is_valid_against_the_contract(portal: Por
             check((await client.get(f"/locations/1/coworkers/{coworker}")).json(), "Coworker")
         assert (await client.get("/locations/1/coworkers/4242")).status_code == 404
         assert (await client.get("/locations/nowhere")).status_code == 404
+
+
+def test_fifty_concurrent_mints_ask_the_portal_once_per_cache_period(
+    make_stack: Callable[..., Stack], directory_file: Path
+) -> None:
+    source = Counted(FileSource(directory_file))
+    with serving(create_app(source)) as url:
+        stack = make_stack(
+            directory_file=None, directory_url=url, mint_rate_per_actor=1000, mint_rate_per_location=1000
+        )
+        operator = stack.bearer("operator", "7")
+        with stack.client() as client, ThreadPoolExecutor(50) as pool:
+            statuses = list(
+                pool.map(
+                    lambda _: client.get(STAFF, params={"coworkerId": 42}, headers=operator).status_code, range(50)
+                )
+            )
+    assert statuses == [200] * 50
+    assert sorted(source.asked) == ["coworker 1 42", "location 1"]  # one lookup of each, shared by all fifty
+
+
+def test_the_exchange_asks_the_portal_again_and_a_portal_down_spends_nothing(
+    make_stack: Callable[..., Stack], directory_file: Path, directory_data: dict[str, Any]
+) -> None:
+    source = Counted(FileSource(directory_file))
+    with serving(create_app(source)) as url:
+        stack = make_stack(directory_file=None, directory_url=url, directory_cache_s=0)
+        operator = stack.bearer("operator", "7")
+        with stack.client() as client:
+            withdrawn = client.get(STAFF, params={"coworkerId": 43}, headers=operator).json()["token"]
+            kept = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
+            place = directory_data["locations"]["1"]
+            place["coworkers"] = [c for c in place["coworkers"] if c != 43] + [{"id": 43, "impersonable": False}]
+            write_directory(directory_file, directory_data)
+            source.asked.clear()
+            assert_problem(client.post(EXCHANGE, json={"token": withdrawn}), 401, "impersonation-withdrawn")
+            assert "coworker 1 43" in source.asked  # asked again, not answered from the mint's lookup
+        with stack.client(directory_url=f"http://127.0.0.1:{free_port()}") as client:  # a portal that is down
+            assert_problem(client.post(EXCHANGE, json={"token": kept}), 503, "unavailable")
+        with stack.client() as client:  # back: the token was not spent
+            assert client.post(EXCHANGE, json={"token": kept}).status_code == 200
