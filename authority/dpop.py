@@ -29,6 +29,7 @@ from authority.refusals import InvalidDpopProof, InvalidToken, UseDpopNonce
 from authority.tokens import (
     ALGORITHMS,
     FORBIDDEN_HEADERS,
+    jws_header,
     low_s_spelling,
     segment_bytes,
     strict_json,
@@ -214,13 +215,7 @@ def _signed(proof: str, algorithms: frozenset[str]) -> tuple[str, _Claims]:
     """Section 4.3 points 2 to 7: the thumbprint of the proof's own key, and the claims that key signed."""
     if len(proof) > MAX_PROOF_LENGTH:
         raise _Invalid(f"the proof is longer than {MAX_PROOF_LENGTH} characters")
-    segments = proof.split(".")
-    if len(segments) != 3:
-        raise _Invalid("a DPoP proof is a JWS in compact form: three base64url segments")
-    header_bytes, _, _ = (segment_bytes(s) for s in segments)
-    header = strict_json(header_bytes)
-    if not isinstance(header, dict):
-        raise _Invalid("the header is not a JSON object")
+    header = jws_header(proof)
     if not typ_matches(header, DPOP_TYP):
         raise _Invalid(f"typ must be {DPOP_TYP}")
     alg = header.get("alg")

@@ -241,11 +241,9 @@ def segment_bytes(segment: str) -> bytes:
     return raw
 
 
-def read_header(token: str) -> dict[str, Any]:
-    """The unverified JOSE header, refused if it is malformed or asks us to trust keys it names itself. Every
-    segment is checked for its spelling here, before any key is looked up or any signature checked."""
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidToken(f"token is longer than {MAX_TOKEN_LENGTH} characters")
+def jws_header(token: str) -> dict[str, Any]:
+    """The header of a compact JWS, read by the strict rules (each segment's one spelling, UTF-8 JSON, no name
+    twice), or InvalidToken: for our tokens, callers' bearers and DPoP proofs alike."""
     segments = token.split(".")
     if len(segments) != 3:
         raise InvalidToken("a JWS in compact form is three base64url segments")
@@ -253,6 +251,15 @@ def read_header(token: str) -> dict[str, Any]:
     header = strict_json(header_bytes)
     if not isinstance(header, dict):
         raise InvalidToken("the header is not a JSON object")
+    return header
+
+
+def read_header(token: str) -> dict[str, Any]:
+    """The unverified JOSE header, refused if it is malformed or asks us to trust keys it names itself. Every
+    segment is checked for its spelling here, before any key is looked up or any signature checked."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken(f"token is longer than {MAX_TOKEN_LENGTH} characters")
+    header = jws_header(token)
     refused = FORBIDDEN_HEADERS.intersection(header)
     if refused:
         raise InvalidToken(f"header parameter {sorted(refused)[0]!r} is not accepted")

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import subprocess
@@ -123,6 +124,34 @@ def sign_caller(keys_dir: Path, claims: dict[str, Any], **headers: Any) -> str:
     key = demo.demo_key(keys_dir)
     kid = public_jwk(key.public_key(), "EdDSA")["kid"]
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid, **headers})
+
+
+class _Collector(logging.Handler):
+    """Keeps the records a logger handles (the logging API itself, not a stand-in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def collected(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records of level INFO and above reaching logger ``name``, as the entry point's ``logs.configure`` sets
+    it; attached to the logger itself, since that configuration stops "authority" from propagating to the root,
+    where caplog listens."""
+    collector = _Collector()
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(collector)
+    logger.setLevel(logging.INFO)
+    try:
+        yield collector.records
+    finally:
+        logger.setLevel(level)
+        logger.removeHandler(collector)
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[Any], seconds: float = 60) -> None:

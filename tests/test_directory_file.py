@@ -25,7 +25,7 @@ import pytest
 from authority import demo
 from authority.directory import CoworkerEntry, LocationEntry, Membership
 from authority.directory_file import CHECK_S, DEMO_DIRECTORY, FileDirectory, parse
-from tests.helpers import BIN, PASSPHRASE, STAFF, Clock, Served, poll, the_images_command
+from tests.helpers import BIN, PASSPHRASE, STAFF, Clock, Served, collected, poll, the_images_command
 
 # --- the format -----------------------------------------------------------------------------------------------
 
@@ -197,28 +197,10 @@ def directory(path: Path, clock: Clock) -> FileDirectory:
     return FileDirectory(path, clock=clock)
 
 
-class Collector(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def logged() -> Iterator[list[logging.LogRecord]]:
-    """What the "authority" logger says at INFO and above: a handler on the logger itself, since the entry point's
-    logging configuration may have stopped it from propagating to the root."""
-    collector, logger = Collector(), logging.getLogger("authority")
-    level = logger.level
-    logger.addHandler(collector)
-    logger.setLevel(logging.INFO)
-    try:
-        yield collector.records
-    finally:
-        logger.setLevel(level)
-        logger.removeHandler(collector)
+    with collected("authority") as records:
+        yield records
 
 
 def lines(records: list[logging.LogRecord]) -> list[tuple[str, str]]:

@@ -39,7 +39,7 @@ from authority.directory_http import HttpDirectory
 from authority.embedded import free_port
 from authority.refusals import Unavailable
 from examples.portal_adapter import SCHEMA, FileSource, SqliteSource, create_app
-from tests.helpers import EXCHANGE, ROOT, STAFF, Clock, Stack, assert_problem, wait_until_ready
+from tests.helpers import EXCHANGE, ROOT, STAFF, Clock, Stack, assert_problem, collected, wait_until_ready
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 CONTRACT = ROOT / "docs" / "directory-api.yaml"
@@ -501,30 +501,10 @@ def adapter_with_token(directory_file: Path) -> Iterator[str]:
             process.stderr.close()
 
 
-class Kept(logging.Handler):
-    """Keeps every record it handles."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def outage_records() -> Iterator[list[logging.LogRecord]]:
-    """What reaches "authority.outages", caught on that logger itself: the entry point's logging configuration
-    (which another test may have applied) stops "authority" from propagating to the root, where caplog listens."""
-    logger, kept = logging.getLogger("authority.outages"), Kept()
-    level = logger.level
-    logger.addHandler(kept)
-    logger.setLevel(logging.INFO)
-    try:
-        yield kept.records
-    finally:
-        logger.setLevel(level)
-        logger.removeHandler(kept)
+    with collected("authority.outages") as records:
+        yield records
 
 
 def outage_lines(records: list[logging.LogRecord]) -> list[tuple[str, str]]:

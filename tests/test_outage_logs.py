@@ -7,41 +7,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from authority.embedded import EmbeddedRedis
 from authority.logs import JsonFormatter
 from authority.outages import OutageLog
-from tests.helpers import STAFF, Clock, Stack, assert_problem
-
-
-class Collector(logging.Handler):
-    """Keeps the records a logger handles (the logging API itself, not a stand-in)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def collected(name: str) -> Iterator[list[logging.LogRecord]]:
-    """The records of level INFO and above reaching logger ``name``, as the entry point's ``logs.configure`` sets
-    it; attached to the logger itself, since that configuration stops "authority" from propagating to the root."""
-    collector = Collector()
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.addHandler(collector)
-    logger.setLevel(logging.INFO)
-    try:
-        yield collector.records
-    finally:
-        logger.setLevel(level)
-        logger.removeHandler(collector)
+from tests.helpers import STAFF, Clock, Stack, assert_problem, collected
 
 
 def outage_lines(records: list[logging.LogRecord]) -> list[tuple[str, str, int, int]]:
