@@ -175,15 +175,4 @@ def _entry(fields: dict[bytes, bytes], now: int) -> Entry:
     stored = fields.get(b"state", b"active").decode()
     state: State = "expired" if stored == "active" and summary.ends <= now else cast(State, stored)
     ended = fields.get(b"ended_at")
-    return Entry(
-        session_id=summary.session_id,
-        location=summary.location,
-        subject=summary.subject,
-        actor=summary.actor,
-        started=summary.started,
-        ends=summary.ends,
-        state=state,
-        reason=summary.reason,
-        ticket=summary.ticket,
-        ended_at=int(ended) if ended else None,
-    )
+    return Entry(**msgspec.structs.asdict(summary), state=state, ended_at=int(ended) if ended else None)
