@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -24,6 +23,7 @@ from litestar.types import ASGIApp
 
 from authority.keys import KeyManager
 from authority.refusals import InvalidToken, Unauthenticated, Unavailable
+from authority.remembered import Remembered
 from authority.settings import Settings, TrustedIssuer
 from authority.tokens import (
     IMPERSONATION_TYP,
@@ -124,14 +124,14 @@ class Authenticator:
         self._clock = clock
         self._own = OwnTokens.of(settings)
         self._issuers = {i.issuer: (i, JwksSource(i, settings.jwks_fetch_timeout_s)) for i in settings.trusted_issuers}
-        self._verified: OrderedDict[str, tuple[Caller, int]] = OrderedDict()
+        self._verified: Remembered[Caller] = Remembered(REMEMBER_MAX)
 
     def now(self) -> int:
         return int(self._clock())
 
     def remembered(self) -> frozenset[str]:
         """The bearers whose verification is remembered, as spelled when stored: one entry per token."""
-        return frozenset(self._verified)
+        return self._verified.tokens()
 
     async def authenticate(self, authorization: str | None, now: int) -> Caller:
         """The verified caller. A successful verification is remembered for the exact token string, until its
@@ -140,9 +140,8 @@ class Authenticator:
         withdrawn keeps working for up to ``REMEMBER_S``. One entry per token, however it is spelled: segments
         must be canonical base64url, and an ECDSA signature counts as its low-S twin."""
         token = bearer(authorization)
-        remembered = self._verified.get(token)
-        if remembered is not None and now < remembered[1]:
-            return remembered[0]
+        if (remembered := self._verified.get(token, now)) is not None:
+            return remembered
         try:
             header = read_header(token)
             issuer = _unverified_issuer(token)
@@ -150,16 +149,12 @@ class Authenticator:
                 caller = await self._own_session(token, now)  # ours are only ever low-S: a high-S one is refused
             else:
                 token = low_s_spelling(token, header["alg"])
-                remembered = self._verified.get(token)
-                if remembered is not None and now < remembered[1]:
-                    return remembered[0]
+                if (remembered := self._verified.get(token, now)) is not None:
+                    return remembered
                 caller = await self._trusted(token, header, issuer, now)
         except InvalidToken as exc:
             raise Unauthenticated(f"bearer token refused: {exc.detail}") from None
-        self._verified[token] = (caller, min(caller.expires_at, now + REMEMBER_S))
-        self._verified.move_to_end(token)  # oldest first out, by when it was last verified
-        if len(self._verified) > REMEMBER_MAX:
-            self._verified.popitem(last=False)
+        self._verified.put(token, caller, min(caller.expires_at, now + REMEMBER_S))
         return caller
 
     async def _own_session(self, token: str, now: int) -> Caller:

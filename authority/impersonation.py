@@ -47,12 +47,14 @@ from authority.refusals import (
     TokenReplayed,
     Unavailable,
 )
+from authority.remembered import Remembered
 from authority.replay import Allowlist, Outcome, SessionRecord
 from authority.sessions import Entry, Page, SessionTrail, Summary
 from authority.settings import Settings
 from authority.tokens import (
     ACCESS_TYP,
     IMPERSONATION_TYP,
+    AccessClaims,
     Actor,
     Confirmation,
     ImpersonationClaims,
@@ -60,6 +62,7 @@ from authority.tokens import (
     OwnTokens,
     access_claims,
     impersonation_claims,
+    read_header,
     sign,
 )
 
@@ -119,6 +122,7 @@ class Revocation(msgspec.Struct, frozen=True):
 
 
 NO_REASON = Justification()
+INTROSPECTED_MAX = 10_000  # access tokens whose verification introspection remembers, per process
 
 
 def new_id() -> str:
@@ -142,6 +146,7 @@ class Authority:
     def __post_init__(self) -> None:
         self.own = OwnTokens.of(self.settings)
         self._issuers = {i.issuer: i for i in self.settings.trusted_issuers}
+        self._introspected: Remembered[tuple[AccessClaims, str]] = Remembered(INTROSPECTED_MAX)
 
     @property
     def keyring(self) -> Keyring:
@@ -450,12 +455,24 @@ class Authority:
         except ValueError as exc:
             raise InvalidRequest(f"cursor: {exc}") from None
 
+    async def _verified_access(self, token: str, now: int) -> AccessClaims:
+        """An access token of ours, its signature checked once per process: resource servers introspect the same
+        token on every request of a session. Remembered by the exact string until its ``exp``, and only while the
+        key that signed it still verifies (an emergency retire counts at once)."""
+        leeway = self.settings.clock_skew_s
+        remembered = self._introspected.get(token, now - leeway)
+        if remembered is not None and self.keyring.verifier(remembered[1], now, leeway) is not None:
+            return remembered[0]
+        claims = await self.keys.verified(lambda keyring: self.own.access(token, keyring, now))
+        self._introspected.put(token, (claims, read_header(token)["kid"]), claims.exp)
+        return claims
+
     async def introspect(self, caller: Caller, token: str) -> Introspection:
         """RFC 7662: active only for a valid access token of ours whose session is on record and not revoked."""
         require_unimpersonated(caller)
+        now = int(self.clock())
         try:
-            now = int(self.clock())
-            claims = await self.keys.verified(lambda keyring: self.own.access(token, keyring, now))
+            claims = await self._verified_access(token, now)
         except InvalidToken as exc:
             self.audit.emit("introspection", "inactive", actor=caller.subject, reason=exc.code)
             return Introspection(active=False)
