@@ -17,12 +17,12 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from authority import docs_ui, problems, routes
 from authority.authn import BearerAuth
-from authority.middleware import RequestGuard, bodiless_head, echo_request_id
-from authority.services import Published, build, check
+from authority.middleware import HttpMetrics, RequestGuard, bodiless_head, echo_request_id
+from authority.services import Published, Services, build, check
 from authority.settings import Settings
 
 
@@ -40,6 +40,27 @@ class Metrics(PrometheusController):
         return response
 
 
+def request_pipeline(settings: Settings, services: Services) -> dict[str, Any]:
+    """What every request passes through, whatever its route: the header cap and request id, the Prometheus HTTP
+    counters, bearer authentication (skipped by routes marked ``PUBLIC``), problem details and their audit, and the
+    response hooks. One place, so the benchmark's waterfall (``bench/waterfall.py``) serves exactly this stack."""
+    # /metrics off: its HTTP counters are not kept either (nothing could read them); the service's own counters
+    # (authority.metrics) cost one increment per event and stay.
+    metrics = DefineMiddleware(HttpMetrics, app_name="authority", prefix="authority_http")
+    return {
+        "plugins": [problems.PLUGIN],
+        "after_exception": [problems.auditor(services.audit)],
+        "middleware": [
+            RequestGuard(settings.max_header_bytes),
+            *([metrics] if settings.public_metrics else []),
+            DefineMiddleware(BearerAuth, authenticator=services.authenticator, exclude=["^/schema"]),
+        ],
+        "before_send": [echo_request_id, bodiless_head],
+        "request_max_body_size": settings.max_body_bytes,
+        "logging_config": None,  # configured once per process by the entry point (logs.configure), not per app
+    }
+
+
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Litestar:
     services = build(settings, clock)
     check(settings)
@@ -53,9 +74,6 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
         finally:
             await services.close()
 
-    # /metrics off: its HTTP counters are not kept either (nothing could read them); the service's own counters
-    # (authority.metrics) cost one increment per event and stay.
-    prometheus = PrometheusConfig(app_name="authority", prefix="authority_http", group_path=True)
     app = Litestar(
         route_handlers=[*routes.ROUTES, *([Metrics] if settings.public_metrics else [])],
         dependencies={
@@ -64,17 +82,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
             "ready": Provide(lambda: services.ready, sync_to_thread=False),
             "endpoint": Provide(lambda: services.token_endpoint, sync_to_thread=False),
         },
-        plugins=[problems.PLUGIN],
-        after_exception=[problems.auditor(services.audit)],
         lifespan=[lifespan],
-        middleware=[
-            RequestGuard(settings.max_header_bytes),
-            *([prometheus.middleware] if settings.public_metrics else []),
-            DefineMiddleware(BearerAuth, authenticator=services.authenticator, exclude=["^/schema"]),
-        ],
-        before_send=[echo_request_id, bodiless_head],
-        request_max_body_size=settings.max_body_bytes,
-        logging_config=None,  # configured once per process by the entry point (logs.configure), not per app
+        **request_pipeline(settings, services),
         openapi_config=OpenAPIConfig(
             title="authority",
             version="0.1.0",

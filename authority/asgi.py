@@ -13,7 +13,7 @@ from authority.settings import load
 
 logs.configure()
 try:
-    settings = load()
+    settings = load(serving=True)
     metrics.claim_folder()  # PROMETHEUS_MULTIPROC_DIR: this server's alone, before anything is counted
     app = create_app(settings)
 except OPERATOR_ERRORS as exc:  # one line per mistake in every worker's log, not a traceback

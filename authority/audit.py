@@ -1,6 +1,9 @@
 """Audit events: each mint, refusal, exchange, replay, revocation and key event becomes one JSON line on the
-audit log (stderr) and one entry on a capped Redis stream, both written in batches by a background task, off the
-request path (one write and one pipeline per batch instead of a logging call per event: measured in bench/).
+audit log (stderr) and one entry on a capped Redis stream. Lines are written in batches by a background task, off
+the request path (one write per batch instead of a logging call per event: measured in bench/). Stream entries
+too, except those of a state change (a mint, an exchange, a replay, a revocation): its ``Entry`` is written by the
+change itself, in the same Redis script or round trip (``events.outbox``), so no crash can keep the change and lose
+its entry.
 
 Fields are identifiers only (actor, subject, location, jti/sid, kid, outcome, reason, request id): never a token
 or key. The log line is the record of last resort: if Redis is down, stream entries wait in a bounded queue.
@@ -14,6 +17,7 @@ import logging
 import time
 from collections import deque
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TextIO
 
 import msgspec
@@ -22,10 +26,21 @@ from redis.asyncio import Redis
 from authority import metrics
 from authority.connection import REDIS_ERRORS
 from authority.outages import OutageLog, redis_cause
+from authority.refusals import Refusal
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 _encoder = msgspec.json.Encoder()
 Field = str | int | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One audit event, not yet written: its JSON line, and what the counters need to know of it."""
+
+    event: str
+    outcome: str
+    role: str | None
+    line: bytes
 
 
 class AuditLog:
@@ -46,19 +61,39 @@ class AuditLog:
         self.outages = OutageLog(logging.getLogger("authority.outages"))
 
     def emit(self, event: str, outcome: str, **fields: Field) -> None:
+        """Record an event that changes nothing in Redis: its stream entry is written by the next batch."""
+        self.emit_entry(self.entry(event, outcome, **fields))
+
+    def emit_entry(self, entry: Entry) -> None:
+        self.recorded(entry)
+        if self._redis is not None:
+            self._pending.append(entry.line)
+            self._wake.set()
+
+    def entry(self, event: str, outcome: str, **fields: Field) -> Entry:
+        """The event as a line, stamped now and with the request's id, for a state change to write itself."""
         record: dict[str, Field | float] = {"ts": round(time.time(), 3), "event": event, "outcome": outcome}
         record.update({k: v for k, v in fields.items() if v is not None})
         request_id = REQUEST_ID.get()
         if request_id and "request_id" not in record:
             record["request_id"] = request_id
-        line = _encoder.encode(record)
         role = fields.get("role")
-        metrics.count(event, outcome, role if isinstance(role, str) else None)
+        return Entry(event, outcome, role if isinstance(role, str) else None, _encoder.encode(record))
+
+    def refusal(self, refusal: Refusal, *, method: str, path: str | None, request_id: str | None = None) -> Entry:
+        """A refusal's entry: one layout, whether the problem-details hook writes it or the state change that
+        refused (a replay)."""
+        return self.entry(
+            "refusal", refusal.code, status=refusal.status, method=method, path=path, reason=refusal.detail,
+            request_id=request_id, **refusal.audit,
+        )  # fmt: skip
+
+    def recorded(self, entry: Entry) -> None:
+        """``entry`` is on the stream (or is about to be, in a batch): count it, and log its line."""
+        metrics.count(entry.event, entry.outcome, entry.role)
         if self._log is not None:
-            self._lines.append(line)
-        if self._redis is not None:
-            self._pending.append(line)
-        self._wake.set()
+            self._lines.append(entry.line)
+            self._wake.set()
 
     def _write_log(self) -> None:
         if self._log is not None and self._lines:

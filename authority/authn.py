@@ -87,6 +87,11 @@ class JwksSource:
         if issuer.jwks_file is not None:
             try:
                 jwks = jwt.PyJWKSet.from_json(Path(issuer.jwks_file).read_text())
+            except FileNotFoundError:
+                raise ValueError(
+                    f"trusted issuer {issuer.issuer}: jwks_file {issuer.jwks_file} does not exist (for a test issuer, "
+                    f"`authority callers token --issuer {issuer.issuer} ...` makes it: run it once before the start)"
+                ) from None
             except (OSError, jwt.PyJWTError) as exc:
                 raise ValueError(f"trusted issuer {issuer.issuer}: jwks_file: {exc}") from None
             # Callers name their key by kid; a key without one (what PyJWT's to_jwk writes) could never be chosen,

@@ -20,13 +20,24 @@ REDELIVER_S = 0.1  # a swallowed cancellation is delivered again after this long
 
 
 async def stop(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks`` and wait until every one has ended, cancelling again any that swallowed the request."""
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any that swallowed the request.
+
+    A caller cancelled meanwhile (a background task stopping its own children, itself being stopped) still waits
+    for them all, then is cancelled: children left running would outlive what they belong to. This is also why
+    such a task keeps its children in a list and stops them with this, rather than in an ``asyncio.TaskGroup``:
+    a group cancels each child once, and waits forever for one that swallowed it."""
     pending = [task for task in tasks if not task.done()]
+    cancelled = False
     while pending:
         for task in pending:
             task.cancel()
-        await asyncio.wait(pending, timeout=REDELIVER_S)
+        try:
+            await asyncio.wait(pending, timeout=REDELIVER_S)
+        except asyncio.CancelledError:
+            cancelled = True
         pending = [task for task in pending if not task.done()]
     for task in tasks:
         if not task.cancelled() and (error := task.exception()) is not None:
             logger.error("background task %s had failed", task.get_name(), exc_info=error)
+    if cancelled:
+        raise asyncio.CancelledError

@@ -1,4 +1,5 @@
-"""``authority`` command line: ``serve`` the API, manage ``keys``, ``audit tail``, print a demo ``dev-token``.
+"""``authority`` command line: ``serve`` the API, manage ``keys``, ``audit tail``, security ``events``, print a
+demo ``dev-token``.
 
 ``--demo`` is the one switch that allows plain-PEM keys, a private embedded Redis and the demo issuer; nothing in
 the environment can turn those on.
@@ -13,11 +14,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import uvicorn
@@ -26,9 +27,20 @@ from redis.asyncio import Redis
 from authority import callers, demo, demo_server, logs, settings
 from authority.app import create_app
 from authority.connection import connect_redis
+from authority.events.delivery import entry_time
+from authority.events.outbox import outbox_stream
 from authority.keys.lifecycle import KeyRecord, state
+from authority.keys.notices import KeyNotices
 from authority.refusals import Refusal
-from authority.services import OPERATOR_ERRORS, audit_stream, build, key_store, say
+from authority.services import (
+    OPERATOR_ERRORS,
+    audit_stream,
+    build,
+    dead_letters,
+    key_store,
+    outbox_maxlen,
+    say,
+)
 
 FOLLOW_BLOCK_MS = 1000  # how long one read of `audit tail --follow` waits on the server for new events
 APPLIED_WAIT_S = 5.0  # how long key commands wait for running processes to confirm they re-read the records
@@ -42,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.port:
         overrides["port"] = args.port
-    config = settings.load(**overrides)
+    config = settings.load(serving=True, **overrides)
     # From here a stop signal is a clean exit, so the ExitStack stops the private server rather than orphaning it
     # (while uvicorn runs, it takes SIGTERM and SIGINT itself, drains, then re-raises them here). A closed
     # terminal (SIGHUP) is a stop like SIGTERM.
@@ -95,39 +107,89 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    return asyncio.run(_audit_tail(_operator_settings(args.demo), args.lines, args.follow))
+    config = _operator_settings(args.demo)
+    return asyncio.run(_tail(config, audit_stream(config), args.lines, args.follow, _with_utc_time))
 
 
-def _with_utc_time(line: bytes) -> str:
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _with_utc_time(fields: dict[bytes, bytes]) -> str:
     """An audit event as printed: its ``ts`` also as an ISO 8601 UTC time, first, for a reader."""
-    event = msgspec.json.decode(line)
-    when = datetime.fromtimestamp(event["ts"], UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return msgspec.json.encode({"time": when, **event}).decode()
+    event = msgspec.json.decode(fields[b"event"])
+    return msgspec.json.encode({"time": _utc(event["ts"]), **event}).decode()
 
 
-async def _audit_tail(config: settings.Settings, lines: int, follow: bool) -> int:
-    """Print the newest audit events, one JSON object a line; ``follow`` keeps printing new ones until interrupted.
+def _security_event(fields: dict[bytes, bytes]) -> str:
+    """An outbox entry as printed: the event, its time in UTC first, and the one receiver of a redriven one."""
+    event = msgspec.json.decode(fields[b"event"])
+    to = {"to": fields[b"to"].decode()} if b"to" in fields else {}
+    return msgspec.json.encode({"time": _utc(event["at"]), **event, **to}).decode()
 
-    Each blocking read waits ``FOLLOW_BLOCK_MS`` on the server, on a connection whose timeout is that plus a margin:
-    the server ends a block on its timer tick (100 ms at the default ``hz``), so a read blocking as long as the
-    configured timeout would read as Redis down on a quiet stream."""
-    patient = msgspec.structs.replace(config, redis_timeout_s=min(30.0, FOLLOW_BLOCK_MS / 1000 + 2))
-    redis, stream = connect_redis(patient), audit_stream(config)
-    block_ms = FOLLOW_BLOCK_MS
+
+def _events(args: argparse.Namespace) -> int:
+    config = _operator_settings(args.demo)
+    if args.events_command == "tail":
+        stream = outbox_stream(audit_stream(config))
+        return asyncio.run(_tail(config, stream, args.lines, args.follow, _security_event))
+    return asyncio.run(_dead_letters(config, args))
+
+
+async def _dead_letters(config: settings.Settings, args: argparse.Namespace) -> int:
+    """``dead``: every dead letter (of ``--receiver``), oldest first, one JSON object a line. ``redrive``: put them
+    back on the outbox, each for its own receiver."""
+    redis = connect_redis(config)
+    letters = dead_letters(config, redis)
     try:
-        entries = cast(_Entries, await redis.xrevrange(stream, count=lines))
-        last = entries[0][0] if entries else b"0-0"  # with none yet, every entry to come is new
-        for _, fields in reversed(entries):
-            print(_with_utc_time(fields[b"event"]), flush=True)
-        while follow:
-            streams = cast(list[tuple[bytes, _Entries]], await redis.xread({stream: last}, block=block_ms) or [])
-            for _, batch in streams:
-                for entry_id, fields in batch:
-                    print(_with_utc_time(fields[b"event"]), flush=True)
-                    last = entry_id
+        if args.events_command == "redrive":
+            stream = outbox_stream(audit_stream(config))
+            moved = await letters.redrive(stream, outbox_maxlen(config), args.receiver)
+            print(f"redriven: {moved} dead letters{f' of {args.receiver}' if args.receiver else ''}", file=sys.stderr)
+            return 0
+        for letter in await letters.read():
+            if args.receiver is None or letter.receiver == args.receiver:
+                shown = {"time": _utc(entry_time(letter.id)), "receiver": letter.receiver, "cause": letter.cause}
+                shown |= {"detail": letter.detail, "event": msgspec.json.decode(letter.event)}
+                print(msgspec.json.encode(shown).decode(), flush=True)
     finally:
         await redis.aclose()
     return 0
+
+
+async def _tail(
+    config: settings.Settings, stream: str, lines: int, follow: bool, show: Callable[[dict[bytes, bytes]], str]
+) -> int:
+    """Print the newest entries of ``stream`` (``show`` makes each a line); ``follow`` keeps printing new ones until
+    interrupted (Ctrl-C: status 130).
+
+    Each blocking read waits ``FOLLOW_BLOCK_MS`` on the server, on a connection whose timeout is that plus a margin:
+    the server ends a block on its timer tick (100 ms at the default ``hz``), so a read blocking as long as the
+    configured timeout would read as Redis down on a quiet stream. An interrupt stops the loop between two reads:
+    asyncio's own answer to SIGINT, cancelling the task, was lost in redis-py's read when it came just after an
+    entry arrived (CPython 3.11, gh-86296: 4 of 5 tries hung in a reproduction), and the command went on."""
+    patient = msgspec.structs.replace(config, redis_timeout_s=min(30.0, FOLLOW_BLOCK_MS / 1000 + 2))
+    redis = connect_redis(patient)
+    block_ms = FOLLOW_BLOCK_MS
+    interrupted = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
+    try:
+        # -n 0 reads the newest only to know where "from now on" starts
+        entries = cast(_Entries, await redis.xrevrange(stream, count=max(lines, 1)))
+        last = entries[0][0] if entries else b"0-0"  # with none yet, every entry to come is new
+        entries = entries[:lines]
+        for _, fields in reversed(entries):
+            print(show(fields), flush=True)
+        while follow and not interrupted.is_set():
+            streams = cast(list[tuple[bytes, _Entries]], await redis.xread({stream: last}, block=block_ms) or [])
+            for _, batch in streams:
+                for entry_id, fields in batch:
+                    print(show(fields), flush=True)
+                    last = entry_id
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+        await redis.aclose()
+    return 130 if interrupted.is_set() else 0
 
 
 async def _other_store_holds_keys(config: settings.Settings, redis: Redis) -> str | None:
@@ -151,6 +213,15 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
                 f"no keys in {store}, but {elsewhere} holds some: set AUTHORITY_KEY_STORE (and the Redis prefix or "
                 "keys folder) to the deployment's"
             )
+        if (
+            not records
+            and args.keys_command != "list"
+            and (running := await KeyNotices(redis, config.redis_prefix).listening())
+        ):
+            raise settings.SettingsError(
+                f"no keys in {store}, but {running} running service processes share this Redis prefix: their keys "
+                "are elsewhere; set AUTHORITY_KEYS_DIR (or AUTHORITY_KEY_STORE) as the service has it"
+            )
     finally:
         await redis.aclose()
     effect, before = None, records
@@ -168,6 +239,9 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
             await services.close()
     if effect is not None:
         print(f"in effect on {effect.confirmed} of {effect.listening} running service processes", file=sys.stderr)
+    if args.keys_command == "rotate" and (standby := _standby(records, int(time.time()))):
+        minutes = max(0, standby.activates_at - int(time.time())) // 60
+        print(f"the standby {standby.kid} signs from {_when(standby.activates_at)} (in {minutes} min)", file=sys.stderr)
     if args.keys_command == "rotate" and (waiting := _already_due(before, records, int(time.time()))):
         print(
             f"nothing to bring forward: {waiting.kid} already signs from {_when(waiting.activates_at)}, as early as "
@@ -186,11 +260,23 @@ async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> 
     return 0
 
 
+def _standby(records: list[KeyRecord], now: int) -> KeyRecord | None:
+    """The next key to sign: the earliest pending one."""
+    pending = [r for r in records if state(r, now) == "pending"]
+    return min(pending, key=lambda r: r.activates_at) if pending else None
+
+
 def _already_due(before: list[KeyRecord], after: list[KeyRecord], now: int) -> KeyRecord | None:
     """The standby a ``rotate`` left as it was: it was already due at the earliest time it may sign."""
-    pending = [r for r in before if state(r, now) == "pending"]
-    standby = min(pending, key=lambda r: r.activates_at) if pending else None
+    standby = _standby(before, now)
     return standby if standby is not None and standby in after else None
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
 
 
 def _when(ts: int) -> str:
@@ -248,6 +334,22 @@ async def _check_caller(config: settings.Settings, token: str) -> int:
     return 0
 
 
+def _events_parser(commands: Any, demo_after: argparse.ArgumentParser) -> None:
+    events = commands.add_parser("events", help="security events: the outbox, dead letters, redrive")
+    events.add_argument("--demo", action="store_true", help="act on the streams of a running `serve --demo` here")
+    actions = events.add_subparsers(dest="events_command", required=True)
+    tail = actions.add_parser("tail", parents=[demo_after], help="print the newest events written, one JSON a line")
+    tail.add_argument("-n", "--lines", type=_count, default=20, help="how many of the newest (0: none)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    for action, what in (
+        ("dead", "print the dead letters (refused, or past AUTHORITY_EVENT_MAX_AGE_S), oldest first"),
+        ("redrive", "put the dead letters back on the outbox, each for its receiver (same jti: duplicates dropped)"),
+    ):
+        dead = actions.add_parser(action, parents=[demo_after], help=what)
+        dead.add_argument("--receiver", help="only this receiver's (its name, or its audience)")
+    events.set_defaults(run=_events)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="authority", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -259,7 +361,9 @@ def parser() -> argparse.ArgumentParser:
     # `--demo` is read before or after the action (`keys --demo list`, `keys list --demo`); after it, it only ever
     # sets the flag, never clears what the parent read.
     demo_after = argparse.ArgumentParser(add_help=False)
-    demo_after.add_argument("--demo", action="store_true", default=argparse.SUPPRESS, help="as before the action")
+    demo_after.add_argument(
+        "--demo", action="store_true", default=argparse.SUPPRESS, help="act on the running `serve --demo` here"
+    )
     keys = commands.add_parser("keys", help="list, rotate or retire signing keys (same settings as serve)")
     keys.add_argument("--demo", action="store_true", help="act on the keys of a running `serve --demo` here")
     actions = keys.add_subparsers(dest="keys_command", required=True)
@@ -281,9 +385,10 @@ def parser() -> argparse.ArgumentParser:
     tail = audit_actions.add_parser(
         "tail", parents=[demo_after], help="print the newest events, one JSON object a line"
     )
-    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-n", "--lines", type=_count, default=20, help="how many of the newest (0: none)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     audit.set_defaults(run=_audit)
+    _events_parser(commands, demo_after)
     token = commands.add_parser("dev-token", help="print a caller bearer token from the demo issuer")
     token.add_argument("--role", required=True, choices=callers.ROLES)
     token.add_argument("--sub", required=True, help="caller id (a team admin's coworker id)")
@@ -319,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OPERATOR_ERRORS as exc:
         say(exc, sys.stderr)
         return 2
+    except KeyboardInterrupt:  # how one ends `tail --follow`: quietly, with the status a shell expects
+        return 130
     return code
 
 

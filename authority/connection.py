@@ -19,8 +19,9 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from authority.refusals import Unavailable
 from authority.settings import Settings, SettingsError
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -95,3 +96,50 @@ def connect_redis(settings: Settings) -> Redis:
     except (ValueError, RedisClusterException) as exc:
         raise SettingsError(f"AUTHORITY_REDIS_URL: {exc}") from None
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+async def on_key_primary(cluster: RedisCluster, key: str, *commands: tuple[Any, ...]) -> list[Any]:
+    """Send ``commands`` down one connection to the primary that owns ``key``'s slot and read their replies.
+
+    The Cluster client's pipeline may spread commands over connections, and a keyless ``WAIT`` would go to any
+    node, so this takes one connection of that node itself. An error reply (a redirect when a slot moves,
+    NOREPLICAS) comes back as a ``ResponseError`` in its place, for the caller to raise: 503.
+    """
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise Unavailable("no Cluster node owns this key's slot right now")
+    connection = node.acquire_connection()
+    replies: list[Any] = []
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        for command in commands:
+            try:
+                replies.append(await node.parse_response(connection, str(command[0])))
+            except ResponseError as error:  # an error reply (a redirect, NOREPLICAS): read on, stay in step
+                replies.append(error)
+    except BaseException:
+        await connection.disconnect()  # a half-read connection must not go back to the pool
+        raise
+    finally:
+        node.release(connection)
+    return replies
+
+
+async def confirmed(
+    redis: Redis, key: str, command: tuple[Any, ...], replicas: int, timeout_ms: int
+) -> tuple[Any, int]:
+    """Run ``command`` (which writes ``key``) and, in the same round trip on the same connection, wait until
+    ``replicas`` replicas have its effect (``WAIT`` counts the writes of its own connection only). Its reply, and
+    how many replicas acknowledged; an error reply is raised."""
+    wait = ("WAIT", replicas, timeout_ms)
+    if isinstance(redis, RedisCluster):
+        reply, acknowledged = await on_key_primary(redis, key, command, wait)
+    else:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.wait(replicas, timeout_ms)
+            reply, acknowledged = await pipe.execute(raise_on_error=False)
+    for answer in (reply, acknowledged):
+        if isinstance(answer, Exception):
+            raise answer
+    return reply, int(acknowledged)

@@ -15,11 +15,13 @@ from typing import Annotated, Literal, NoReturn
 
 import msgspec
 
-from authority.audit import AuditLog
+from authority.audit import REQUEST_ID, AuditLog
 from authority.authn import Caller
 from authority.connection import shown
 from authority.directory import CoworkerEntry, Directory, LocationEntry
 from authority.dpop import DpopGate
+from authority.events.outbox import Outbox, Records
+from authority.events.set import About, Impersonator, session_closed, session_started, token_replayed
 from authority.keys import KeyManager, Keyring, LoadedKey
 from authority.limits import MintLimiter
 from authority.policy import (
@@ -48,7 +50,18 @@ from authority.refusals import (
     Unavailable,
 )
 from authority.remembered import Remembered
-from authority.replay import Allowlist, Outcome, SessionRecord
+from authority.replay import (
+    ON_CONSUME,
+    ON_ISSUE,
+    ON_NO_SESSION,
+    ON_REPLAY,
+    ON_REPLAY_REVOKING,
+    ON_REVOKE,
+    ON_REVOKED_ALREADY,
+    Allowlist,
+    Outcome,
+    SessionRecord,
+)
 from authority.sessions import Entry, Page, SessionTrail, Summary
 from authority.settings import Settings
 from authority.tokens import (
@@ -141,6 +154,7 @@ class Authority:
     trail: SessionTrail
     dpop: DpopGate
     clock: Callable[[], float] = time.time
+    outbox: Outbox = field(kw_only=True)  # the audit entries and security events of each state change
     own: OwnTokens = field(init=False)
 
     def __post_init__(self) -> None:
@@ -245,15 +259,7 @@ class Authority:
             jkt=jkt,
         )
         token = sign(claims, signer, IMPERSONATION_TYP)
-        await self.allowlist.issue(
-            claims.jti,
-            s.impersonation_ttl_s + s.clock_skew_s,
-            limiter=self.limiter,
-            issuer=caller.issuer,
-            actor=caller.subject,
-            location=location,
-        )
-        self.audit.emit(
+        minted = self.audit.entry(
             "mint",
             "issued",
             actor=caller.subject,
@@ -264,6 +270,15 @@ class Authority:
             kid=signer.kid,
             why=why.reason,
             ticket=why.ticket,
+        )
+        await self.allowlist.issue(
+            claims.jti,
+            s.impersonation_ttl_s + s.clock_skew_s,
+            limiter=self.limiter,
+            issuer=caller.issuer,
+            actor=caller.subject,
+            location=location,
+            records=self.outbox.records().on(ON_ISSUE, minted),
         )
         return token
 
@@ -305,9 +320,10 @@ class Authority:
         record = SessionRecord(
             sub=grant.sub, loc=grant.loc, act=grant.act, exp=claims.exp, reason=grant.reason, ticket=grant.ticket
         )
-        used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s)
         who = {"actor": grant.act.sub, "subject": grant.sub, "location": grant.loc, "jti": grant.jti}
         who |= {name: value for name, value in (("why", grant.reason), ("ticket", grant.ticket)) if value}
+        records = self._exchange_records(grant, who, kid=signer.kid, ends=claims.exp, now=now, opened=not withdrawn)
+        used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s, records)
         if withdrawn and used.outcome is Outcome.CONSUMED:  # spent, and the session it would have opened is closed
             await self.allowlist.revoke(sid)
             raise ImpersonationWithdrawn(
@@ -319,10 +335,7 @@ class Authority:
         if used.outcome is Outcome.REPLAYED:
             if used.revoked_now:
                 await self.trail.end(sid, "replayed", now)
-            raise TokenReplayed(
-                "this impersonation token was already exchanged; its session is revoked",
-                audit={**who, "sid": sid, "revoked": "now" if used.revoked_now else "already"},
-            )
+            raise _replayed(who, sid, revoked_now=used.revoked_now)
         # On the trail before the answer: a bulk revocation asked after this exchange succeeded always finds it.
         await self.trail.record(
             Summary(
@@ -337,7 +350,6 @@ class Authority:
             ),
             self.clock(),
         )
-        self.audit.emit("exchange", "session", sid=sid, kid=signer.kid, **who)
         return SessionGrant(
             access_token=sign(claims, signer, ACCESS_TYP),
             expires_in=claims.exp - now,
@@ -359,6 +371,26 @@ class Authority:
         admin = await self.directory.coworker(grant.loc, admin_id) if place and target else None
         return broken_rule(place, target, admin_id=admin_id, admin=admin)
 
+    def _exchange_records(
+        self, grant: ImpersonationClaims, who: dict[str, str], *, kid: str, ends: int, now: int, opened: bool
+    ) -> Records:
+        """What an exchange writes with its outcome: the session started (unless the policy withdrew it: that
+        refusal is audited as refusals are), or a replay, which revokes the session it finds open."""
+        sid, txn = grant.jti, REQUEST_ID.get()
+        actor = Impersonator(sub=grant.act.sub, role=grant.act.role, iss=grant.act.iss)
+        about = About(session=sid, subject=grant.sub, location=grant.loc, actor=actor, at=now, txn=txn)
+        records = self.outbox.records()
+        if opened:
+            started = session_started(about, ends=ends, reason=grant.reason, ticket=grant.ticket)
+            records.on(ON_CONSUME, self.audit.entry("exchange", "session", sid=sid, kid=kid, **who), started)
+        for revoking, outcome in ((True, ON_REPLAY_REVOKING), (False, ON_REPLAY)):
+            refusal = _replayed(who, sid, revoked_now=revoking)
+            refused = self.audit.refusal(refusal, method="POST", path=None, request_id=txn)
+            replay = token_replayed(about, revoked=revoking)
+            revoked = session_closed(about, how="revoked", initiator="policy")
+            records.on(outcome, refused, *((replay, revoked) if revoking else (replay,)))
+        return records
+
     async def revoke(self, caller: Caller, sid: str) -> Revocation:
         """Staff of the session's location, or the impersonator themself, may end a session early. Anyone else
         is told there is no such session, so revocation is no oracle either."""
@@ -376,10 +408,10 @@ class Authority:
         return Revocation(session_id=sid)
 
     async def _end(self, record: SessionRecord, sid: str, how: Literal["ended", "revoked"], caller: Caller) -> bool:
-        """Revoke the session and mark its trail; audited. False if it had ended already."""
-        ended = await self.allowlist.revoke(sid)
-        first = await self.trail.end(sid, how, int(self.clock()))
-        self.audit.emit(
+        """Revoke the session and mark its trail; audited, and announced if it was live. False if it had ended
+        already."""
+        now = int(self.clock())
+        audited = self.audit.entry(
             "revocation",
             how,
             actor=caller.subject,
@@ -390,6 +422,12 @@ class Authority:
             why=record.reason,
             ticket=record.ticket,
         )
+        actor = Impersonator(sub=record.act.sub, role=record.act.role, iss=record.act.iss)
+        about = About(session=sid, subject=record.sub, location=record.loc, actor=actor, at=now, txn=REQUEST_ID.get())
+        closed = session_closed(about, how=how, initiator="user" if how == "ended" else "admin")
+        records = self.outbox.records().on(ON_REVOKE, audited, closed)
+        ended = await self.allowlist.revoke(sid, records.on(ON_REVOKED_ALREADY, audited).on(ON_NO_SESSION, audited))
+        first = await self.trail.end(sid, how, now)
         return ended and first
 
     async def end_current(self, caller: Caller) -> SessionEnd:
@@ -488,3 +526,12 @@ class Authority:
         if not active:
             return Introspection(active=False)
         return Introspection(active=True, token_type="Bearer", **msgspec.structs.asdict(claims))  # noqa: S106
+
+
+def _replayed(who: dict[str, str], sid: str, *, revoked_now: bool) -> TokenReplayed:
+    """The refusal of a replay; audited with the revocation it makes (``recorded``), not by the refusal hook."""
+    return TokenReplayed(
+        "this impersonation token was already exchanged; its session is revoked",
+        audit={**who, "sid": sid, "revoked": "now" if revoked_now else "already"},
+        recorded=True,
+    )

@@ -16,12 +16,16 @@ from redis.asyncio.client import Pipeline
 
 from authority.refusals import RateLimited
 
-# KEYS[1] = counter; ARGV[1] = window in ms. Returns {count, ms left in the window}.
-_HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {count, redis.call('PTTL', KEYS[1])}
+# A Lua function: count a hit on counter ``key`` whose window is ``window_ms``; {count, ms left in the window}.
+# Also the first step of the allowlist's issue script (``replay``), which counts and issues in one.
+HIT = """
+local function hit(key, window_ms)
+  local count = redis.call('INCR', key)
+  if count == 1 then redis.call('PEXPIRE', key, window_ms) end
+  return {count, redis.call('PTTL', key)}
+end
 """
+_HIT = HIT + "return hit(KEYS[1], ARGV[1])"  # KEYS[1] = counter; ARGV[1] = window in ms
 
 
 def _bucket(value: str) -> str:
@@ -35,7 +39,7 @@ class MintLimiter:
         self._prefix = f"{prefix}rate:"
         self._per_actor = per_actor
         self._per_location = per_location
-        self._window_ms = window_s * 1000
+        self.window_ms = window_s * 1000
 
     def count(self, pipe: Pipeline, issuer: str, actor: str, location: str) -> None:
         """Queue the counting of one mint attempt on ``pipe``, a pipeline of this limiter's Redis (two replies, in
@@ -43,8 +47,17 @@ class MintLimiter:
         round trip."""
         # EVAL, not EVALSHA: a pipeline holding registered scripts first asks SCRIPT EXISTS, a second round trip.
         # The server caches the compiled script by its hash either way.
-        pipe.eval(_HIT, 1, f"{self._prefix}actor:{_bucket(f'{issuer}|{actor}')}", self._window_ms)
-        pipe.eval(_HIT, 1, f"{self._prefix}loc:{_bucket(location)}", self._window_ms)
+        for counter in self.counters(issuer, actor, location):
+            pipe.eval(_HIT, 1, counter, self.window_ms)
+
+    def counters(self, issuer: str, actor: str, location: str) -> tuple[str, str]:
+        """The keys counting ``actor``'s attempts and ``location``'s."""
+        return f"{self._prefix}actor:{_bucket(f'{issuer}|{actor}')}", f"{self._prefix}loc:{_bucket(location)}"
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        """Attempts per window allowed to an actor, to a location."""
+        return self._per_actor, self._per_location
 
     async def check(self, issuer: str, actor: str, location: str) -> None:
         """Count one mint attempt on its own round trip, and judge it."""

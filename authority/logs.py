@@ -54,8 +54,12 @@ def configure() -> None:
             "filters": {"request_id": {"()": RequestIdFilter}},
             "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]}},
             "loggers": {
-                name: {"level": "INFO", "handlers": ["stderr"], "propagate": False}
-                for name in ("litestar", "authority")
+                **{
+                    name: {"level": "INFO", "handlers": ["stderr"], "propagate": False}
+                    for name in ("litestar", "authority")
+                },
+                # httpx says every request it makes at INFO (the directory's, the security events'): not ours to log
+                "httpx": {"level": "WARNING"},
             },
         }
     )

@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from authority.settings import SettingsError
 
@@ -97,6 +97,8 @@ class _Counters:
     denials: Counter
     revocations: Counter
     key_events: Counter
+    events: Counter
+    event_lag: Gauge
 
 
 @functools.cache
@@ -113,6 +115,20 @@ def _counters() -> _Counters:
         revocations=Counter("authority_revocations_total", "Sessions revoked on request"),
         key_events=Counter(
             "authority_key_events_total", "Key lifecycle changes (created, rescheduled, revoked, removed)", ["event"]
+        ),
+        events=Counter(
+            "authority_events_total",
+            "Security events by receiver and outcome: delivered; refused (an RFC 8935 400, dead-lettered); expired "
+            "(past AUTHORITY_EVENT_MAX_AGE_S, dead-lettered); retried (an attempt failed); dropped (over "
+            "AUTHORITY_EVENT_BACKLOG)",
+            ["receiver", "outcome"],
+        ),
+        # Every process measures it (the one delivering and those standing by): the most recent value is the truth.
+        event_lag=Gauge(
+            "authority_event_lag_seconds",
+            "Age of the oldest security event not yet delivered to the receiver (0: none waiting)",
+            ["receiver"],
+            multiprocess_mode="mostrecent",
         ),
     )
 
@@ -131,3 +147,11 @@ def count(event: str, outcome: str, role: str | None) -> None:
         counters.revocations.inc()
     elif event == "key":
         counters.key_events.labels(event=outcome).inc()
+
+
+def event(receiver: str, outcome: str, n: int = 1) -> None:
+    _counters().events.labels(receiver=receiver, outcome=outcome).inc(n)
+
+
+def event_lag(receiver: str, seconds: float) -> None:
+    _counters().event_lag.labels(receiver=receiver).set(seconds)

@@ -80,15 +80,8 @@ def auditor(audit: AuditLog) -> Any:
             return
         if isinstance(exc, RedisError | RedisClusterException):
             audit.outages.failed(redis_cause("redis", exc))
-        audit.emit(
-            "refusal",
-            refusal.code,
-            status=refusal.status,
-            method=str(scope.get("method", "")),
-            path=scope["path"],
-            reason=refusal.detail,
-            request_id=request_id(scope),
-            **refusal.audit,
-        )
+        if not refusal.recorded:
+            method = str(scope.get("method", ""))
+            audit.emit_entry(audit.refusal(refusal, method=method, path=scope["path"], request_id=request_id(scope)))
 
     return record

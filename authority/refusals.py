@@ -17,12 +17,19 @@ class Refusal(Exception):
     title: ClassVar[str] = "The request is malformed"
 
     def __init__(
-        self, detail: str, *, headers: dict[str, str] | None = None, audit: Mapping[str, str] | None = None
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        audit: Mapping[str, str] | None = None,
+        recorded: bool = False,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
         self.audit = dict(audit or {})  # identifiers for the audit line (actor, subject, jti, sid): never secrets
+        # Already audited, with the state change it reports (a replay, which revokes a session): not again.
+        self.recorded = recorded
 
 
 class InvalidRequest(Refusal):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import msgspec
 from redis.asyncio import Redis
 
 from authority.audit import AuditLog
@@ -25,6 +26,9 @@ from authority.directory import Directory
 from authority.directory_file import DEMO_DIRECTORY, FileDirectory
 from authority.directory_http import HttpDirectory
 from authority.dpop import DpopGate, Nonces, ProofReplay
+from authority.events.dead_letters import DeadLetters, dead_stream
+from authority.events.delivery import Deliveries, signing_with
+from authority.events.outbox import Outbox
 from authority.impersonation import Authority
 from authority.keys import (
     FileKeyStore,
@@ -42,7 +46,7 @@ from authority.limits import MintLimiter
 from authority.refusals import Unavailable
 from authority.replay import Allowlist
 from authority.sessions import SessionTrail
-from authority.settings import Settings, SettingsError
+from authority.settings import Settings, SettingsError, missing_to_serve
 from authority.token_endpoint import TokenEndpoint
 
 logger = logging.getLogger("authority")
@@ -72,10 +76,13 @@ class Services:
     authenticator: Authenticator
     token_endpoint: TokenEndpoint
     directory: Directory
+    outbox: Outbox
+    deliveries: Deliveries | None = None  # with receivers configured
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
-        """Before the first request: the audit writer, this process's signer, the key schedule and announcements."""
+        """Before the first request: the audit writer, this process's signer, the key schedule and announcements,
+        and the delivery of security events."""
         self.audit.start()
         try:
             await self.keys.start(START_WAIT_S)
@@ -90,9 +97,13 @@ class Services:
             asyncio.create_task(self.keys.run()),
             asyncio.create_task(self.keys.notices.listen(self.keys.refresh, self.keys.refresh_s)),
         ]
+        if self.deliveries is not None:
+            self._background.append(asyncio.create_task(self.deliveries.run(), name="security events"))
 
     async def close(self) -> None:
         await stop(self._background)
+        if self.deliveries is not None:
+            await self.deliveries.close()
         await self.audit.close()
         await self.redis.aclose()
         if isinstance(self.directory, HttpDirectory):
@@ -130,6 +141,28 @@ def audit_stream(settings: Settings) -> str:
     return f"{settings.redis_prefix}audit"
 
 
+def outbox_maxlen(settings: Settings) -> int:
+    """Twice a receiver's backlog: each receiver's own bound is enforced (and counted) by its deliverer; this cap
+    is the safety net for a receiver no process delivers to."""
+    return 2 * settings.event_backlog
+
+
+def outbox(settings: Settings, redis: Redis, audit: AuditLog) -> Outbox:
+    return Outbox(
+        redis,
+        audit,
+        events=bool(settings.event_receivers),
+        maxlen=outbox_maxlen(settings),
+        audit_maxlen=settings.audit_stream_maxlen,
+        min_replicas=settings.redis_min_replicas,
+        replica_timeout_ms=settings.redis_replica_timeout_ms,
+    )
+
+
+def dead_letters(settings: Settings, redis: Redis) -> DeadLetters:
+    return DeadLetters(redis, dead_stream(settings.redis_prefix), settings.event_backlog)
+
+
 def key_store(settings: Settings, redis: Redis) -> KeyStore:
     if settings.key_store == "redis":
         return RedisKeyStore(redis, settings.redis_prefix)
@@ -138,16 +171,8 @@ def key_store(settings: Settings, redis: Redis) -> KeyStore:
 
 def check(settings: Settings) -> None:
     """Refuse, before listening, what would only fail later: missing production settings, unusable key files."""
-    if not settings.demo:
-        if not settings.issuer:
-            raise SettingsError(
-                "AUTHORITY_ISSUER is required outside --demo: it is the iss of every token and the base of every "
-                "published URL (a default would name this host and port, not the one consumers reach)"
-            )
-        if not settings.trusted_issuers:
-            raise SettingsError("AUTHORITY_TRUSTED_ISSUERS is empty: no caller could ever mint")
-        if not settings.directory_url and not settings.directory_file:
-            raise SettingsError("AUTHORITY_DIRECTORY_URL or AUTHORITY_DIRECTORY_FILE is required outside --demo")
+    if missing := missing_to_serve(msgspec.structs.asdict(settings)):
+        raise SettingsError("\n".join(missing))
     if settings.key_store == "file":
         store = FileKeyStore(settings.keys_path)
         for record in store.load_sync():
@@ -158,6 +183,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
     """Every service, wired: the one place where one is made."""
     redis = connect_redis(settings)
     audit = AuditLog(redis, audit_stream(settings), settings.audit_stream_maxlen, log=log)
+    events = outbox(settings, redis, audit)
     keys = KeyManager(
         key_store(settings, redis),
         RotationLock(redis, settings.redis_prefix),
@@ -175,6 +201,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
         refresh_s=settings.key_refresh_s,
         clock=clock,
         audit=audit,
+        outbox=events,
     )
     limiter = MintLimiter(
         redis,
@@ -199,7 +226,7 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
     )
     nonces = Nonces(settings.dpop_nonce_secret.encode(), clock=clock) if settings.dpop_nonce_secret else None
     dpop = DpopGate(settings.dpop, ProofReplay(redis, settings.redis_prefix), settings.public_issuer, nonces)
-    authority = Authority(settings, keys, allowlist, limiter, directory, audit, trail, dpop, clock)
+    authority = Authority(settings, keys, allowlist, limiter, directory, audit, trail, dpop, clock, outbox=events)
     authenticator = Authenticator(settings, keys, clock)
     return Services(
         settings=settings,
@@ -212,4 +239,21 @@ def build(settings: Settings, clock: Callable[[], float] = time.time, *, log: Te
         authenticator=authenticator,
         token_endpoint=TokenEndpoint(settings, authority, authenticator, redis),
         directory=directory,
+        outbox=events,
+        deliveries=Deliveries(
+            redis,
+            settings.event_receivers,
+            stream=events.stream,
+            prefix=settings.redis_prefix,
+            dead=dead_letters(settings, redis),
+            sign=signing_with(keys, clock),
+            issuer=settings.public_issuer,
+            timeout_s=settings.event_timeout_s,
+            max_age_s=settings.event_max_age_s,
+            backoff_max_s=settings.event_backoff_max_s,
+            backlog=settings.event_backlog,
+            clock=clock,
+        )
+        if settings.event_receivers
+        else None,
     )

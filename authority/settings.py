@@ -6,6 +6,7 @@ variable, rather than surfacing as a surprise on the first request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Annotated, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
+
+from authority.events.set import EVENT_TYPES
 
 PREFIX = "AUTHORITY_"
 SigningAlg = Literal["EdDSA", "ES256", "RS256"]
@@ -61,6 +64,25 @@ class TokenClient(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def __post_init__(self) -> None:
         if (self.client_secret_sha256 is None) == (self.jwks_file is None):
             raise ValueError(f"token client {self.client_id!r} needs exactly one of client_secret_sha256 or jwks_file")
+
+
+class EventReceiver(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where security events are pushed (RFC 8935): ``url`` receives each SET, ``aud`` names ``audience``;
+    ``events`` (event type URIs) filters them, all when empty; ``bearer`` is sent as ``Authorization: Bearer``.
+    ``name`` (default: the audience) names the receiver in Redis, metrics, logs and ``authority events``."""
+
+    url: str
+    audience: Annotated[str, msgspec.Meta(min_length=1)]
+    events: list[str] = msgspec.field(default_factory=list)
+    bearer: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,4096}$")] | None = None
+    name: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,200}$")] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.audience
+
+    def wants(self, event_type: str) -> bool:
+        return not self.events or event_type in self.events
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -123,6 +145,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     directory_max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
     directory_max_answer_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16_777_216)] = 65_536
     trusted_issuers: list[TrustedIssuer] = msgspec.field(default_factory=list)
+    # Security events pushed to receivers (RFC 8935): each SET retried with backoff (at most event_backoff_max_s
+    # apart) until event_max_age_s after it happened, then dead-lettered; at most event_backlog waiting per receiver.
+    event_receivers: list[EventReceiver] = msgspec.field(default_factory=list)
+    event_max_age_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)] = 86400
+    event_backoff_max_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 300.0
+    event_backlog: Annotated[int, msgspec.Meta(ge=100, le=10_000_000)] = 100_000
+    event_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0  # one POST, answer read included
     data_dir: str = ".authority"
     public_schema: bool = True  # /schema: the API documentation page and the OpenAPI document
     public_metrics: bool = True  # /metrics: Prometheus text
@@ -157,6 +186,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
                 "that lasts longer reads as Redis not answering"
             )
         broken += self._directory_rules_broken()
+        broken += self._event_rules_broken()
         return broken
 
     def _directory_rules_broken(self) -> list[str]:
@@ -183,6 +213,24 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
             broken.append(f"{PREFIX}DIRECTORY_TLS_KEY is set without {PREFIX}DIRECTORY_TLS_CERT, its certificate")
         return broken
 
+    def _event_rules_broken(self) -> list[str]:
+        """Receivers: reached over TLS (plain http only on loopback, for a local relay or a test), told apart by
+        name, asking only for events that exist."""
+        var, broken, names = f"{PREFIX}EVENT_RECEIVERS", [], set()
+        for receiver in self.event_receivers:
+            parts = urlsplit(receiver.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment or parts.username:
+                broken.append(f"{var}: url {receiver.url!r} must be an http(s) URL without credentials or fragment")
+            elif parts.scheme == "http" and not _loopback(parts.hostname):
+                broken.append(f"{var}: url {receiver.url!r} must be https (plain http only to a loopback address)")
+            for unknown in sorted(set(receiver.events) - set(EVENT_TYPES)):
+                known = ", ".join(EVENT_TYPES)
+                broken.append(f"{var}: receiver {receiver.label!r} asks for {unknown!r}; known: {known}")
+            if receiver.label in names:
+                broken.append(f"{var}: two receivers are named {receiver.label!r}: give each a distinct name")
+            names.add(receiver.label)
+        return broken
+
     @property
     def key_retention_s(self) -> int:
         """How long a superseded key still verifies: the longest token it signed, plus skew, plus grace."""
@@ -203,13 +251,39 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         return Path(self.keys_dir)
 
 
-_JSON_FIELDS = {"trusted_issuers", "require_reason", "require_ticket", "token_clients"}
+_JSON_FIELDS = {"trusted_issuers", "require_reason", "require_ticket", "token_clients", "event_receivers"}
 _FIELDS = {field.name: field.type for field in msgspec.structs.fields(Settings)}
 
 
-def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def missing_to_serve(values: Mapping[str, object]) -> list[str]:
+    """What a service outside ``--demo`` cannot start without, one line each (``values``: field -> value)."""
+    if values.get("demo"):
+        return []
+    required = {
+        "issuer": "the iss of every token and the base of every published URL (a default would name this host "
+        "and port, not the one consumers reach)",
+        "redis_url": "where the allowlist, sessions and keys live (only --demo starts a private server)",
+        "key_passphrase": "private keys are encrypted at rest with it",
+        "trusted_issuers": "whose bearers may mint: with none, no caller ever could",
+    }
+    lines = [f"{PREFIX}{name.upper()} is required outside --demo: {why}" for name, why in required.items()
+             if not values.get(name)]  # fmt: skip
+    if not values.get("directory_url") and not values.get("directory_file"):
+        lines.append(f"{PREFIX}DIRECTORY_URL or {PREFIX}DIRECTORY_FILE is required outside --demo: who exists where")
+    return lines
+
+
+def load(environ: Mapping[str, str] | None = None, /, *, serving: bool = False, **overrides: object) -> Settings:
     """Build Settings from ``AUTHORITY_*`` variables; ``overrides`` (from CLI flags) win over the environment. Each
-    value is converted on its own, so an error names its variable without reading the converter's message."""
+    value is converted on its own, so an error names its variable without reading the converter's message; every
+    mistake is said at once, rules across variables and (``serving``) what a service needs included."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
     errors: list[str] = []  # all of them at once, one line each
@@ -229,16 +303,22 @@ def load(environ: Mapping[str, str] | None = None, /, **overrides: object) -> Se
         else:
             raw[field] = value
     raw.update(overrides)
+    unfit: set[str] = set()
     for key, given in raw.items():
         try:
             msgspec.convert(given, _FIELDS[key], strict=False)
         except msgspec.ValidationError as exc:
+            unfit.add(key)
             kind = _FIELDS[key]
             allowed = get_args(kind) if get_origin(kind) is Literal else ("true", "false") if kind is bool else ()
             errors.append(f"{PREFIX}{key.upper()}: {exc}" + (f" (one of {', '.join(allowed)})" if allowed else ""))
+    fit = {key: value for key, value in raw.items() if key not in unfit}
+    if serving:
+        errors += missing_to_serve(fit)
+    try:  # the rules across fields, on the values that fit theirs: their messages name the variables
+        settings = msgspec.convert(fit, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        errors += str(exc).splitlines()
     if errors:
         raise SettingsError("\n".join(errors))
-    try:  # every value fits its field: what is left is a rule across fields, whose message names them
-        return msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise SettingsError(str(exc)) from None
+    return settings

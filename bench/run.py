@@ -1,14 +1,20 @@
 """The benchmark: the authority against the framework ceiling and a real peer, in one run, on this machine.
 
 Starts a private Redis-compatible server, then for each ASGI server and worker count: (a) a bare Litestar JSON
-endpoint (the ceiling), (b) mint, (c) exchange with a fresh pre-minted token per request, (d) JWKS, each driven by
-wrk at a fixed concurrency; then node oidc-provider's client-credentials grant (EdDSA JWTs) as the peer. The
-authority runs with production settings (encrypted keys, a trusted issuer with a JWKS file, rate limits on, audit
-on), started as ``authority.asgi:app`` exactly as the container starts it. Prints a table and writes
+endpoint (the ceiling), (b) mint, (c) exchange with a fresh pre-minted token per request, (d) JWKS, (e) repeated
+introspection of one live session's access token (what a resource server does on every request of an impersonated
+session), each driven by wrk at a fixed concurrency; then node oidc-provider's client-credentials grant (EdDSA
+JWTs) as the peer, with one process and with as many as our chosen workers (node's cluster module). The authority
+runs with production settings (encrypted keys, a trusted issuer with a JWKS file, rate limits on, audit on),
+started as ``authority.asgi:app`` exactly as the container starts it. Prints a table and writes
 ``bench/results/results.json`` and ``bench/results/chart.png``.
+
+``--waterfall`` runs the waterfall instead (``bench/waterfall.py``: each layer of mint, exchange and introspection
+as an app of its own, adding one real component at a time) and writes ``bench/results/waterfall.md`` and ``.json``.
 
     python -m bench.run                  # the full run (about 15 minutes with the 10-minute soak)
     python -m bench.run --soak 30        # a shorter soak
+    python -m bench.run --waterfall --repeat 3 --duration 4   # the waterfall, medians of three passes
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ def server(kind: str, app: str, port: int, *, workers: int, env: dict[str, str],
     with log.open("ab") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink)
     try:
-        wait_ready(f"http://127.0.0.1:{port}{'/bare' if app.startswith('bench') else '/readyz'}", process, log)
+        wait_ready(f"http://127.0.0.1:{port}{'/bare' if app.startswith('bench.bare') else '/readyz'}", process, log)
         yield process.pid
     finally:
         process.terminate()
@@ -166,6 +172,15 @@ def crypto_floor(rounds: int = 2000) -> dict[str, float]:
     }
 
 
+def introspection_args(env: dict[str, str], caller: str) -> list[str]:
+    """post.lua's arguments for a resource server introspecting one live session's access token, again and again."""
+    access, _ = asyncio.run(session_tokens(env))
+    return [f"token={access}", "application/x-www-form-urlencoded", caller]
+
+
+SCENARIOS = ("bare", "mint", "exchange", "jwks", "introspection")
+
+
 def half_rate_delay_ms(peak_rps: float, connections: int) -> str:
     """Per-connection pause so that ``connections`` offer about half the peak rate."""
     return str(max(1, round(connections / (peak_rps / 2) * 1000)))
@@ -209,7 +224,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         connections=conns,
                         threads=threads,
                     )
-                for name in ("mint", "exchange", "jwks"):
+                    figures["introspection"] = wrk(
+                        f"{base}/oauth2/introspect",
+                        "post.lua",
+                        introspection_args(env, caller),
+                        seconds,
+                        connections=conns,
+                        threads=threads,
+                    )
+                for name in SCENARIOS[1:]:
                     figures[name]["vs_bare"] = round(figures[name]["rps"] / figures["bare"]["rps"], 3)
                 print(summary_line(figures), flush=True)
                 results["runs"].append(figures)
@@ -242,6 +265,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 connections=conns,
                 threads=threads,
             )
+            half["introspection"] = wrk(
+                f"{base}/oauth2/introspect",
+                "post.lua",
+                [*introspection_args(env, caller), half_rate_delay_ms(best["introspection"]["rps"], conns)],
+                seconds,
+                connections=conns,
+                threads=threads,
+            )
             results["half_peak"] = half
             rss_start = tree_rss(pid)
             soak = wrk(
@@ -259,19 +290,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "mint": soak,
             }
 
+        # The peer as it starts by default (one process), and with as many processes as our chosen workers
+        # (node's cluster module): the fair comparison.
         results["peer"] = run_peer(seconds, conns, threads, log)
+        results["peer_cluster"] = {**run_peer(seconds, conns, threads, log, processes=best["workers"])}
+        results["peer_cluster"]["processes"] = best["workers"]
         for name in ("mint", "exchange"):
             best[name]["vs_peer"] = round(best[name]["rps"] / results["peer"]["rps"], 2)
+            best[name]["vs_peer_cluster"] = round(best[name]["rps"] / results["peer_cluster"]["rps"], 2)
     shutil.rmtree(work, ignore_errors=True)
     return results
 
 
-def run_peer(seconds: int, conns: int, threads: int, log: Path) -> dict[str, Any]:
+def run_peer(seconds: int, conns: int, threads: int, log: Path, *, processes: int = 1) -> dict[str, Any]:
     if not (PEER / "node_modules" / "oidc-provider").exists():
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=PEER, check=True)
     port = free_port()
     with log.open("ab") as sink:
-        process = subprocess.Popen(["node", "server.mjs", str(port)], cwd=PEER, stdout=sink, stderr=sink)
+        command = ["node", "server.mjs", str(port), str(processes)]
+        process = subprocess.Popen(command, cwd=PEER, stdout=sink, stderr=sink)
     try:
         wait_ready(f"http://127.0.0.1:{port}/.well-known/openid-configuration", process, log)
         wrk(f"http://127.0.0.1:{port}/token", "peer.lua", [], WARMUP_S, connections=conns, threads=threads)
@@ -286,7 +323,8 @@ def summary_line(r: dict[str, Any]) -> str:
         f"{r['server']:8} workers={r['workers']}  bare {r['bare']['rps']:8.0f}/s  "
         f"mint {r['mint']['rps']:7.0f}/s ({r['mint']['vs_bare']:.2f}x)  "
         f"exchange {r['exchange']['rps']:7.0f}/s ({r['exchange']['vs_bare']:.2f}x)  "
-        f"jwks {r['jwks']['rps']:7.0f}/s ({r['jwks']['vs_bare']:.2f}x)"
+        f"jwks {r['jwks']['rps']:7.0f}/s ({r['jwks']['vs_bare']:.2f}x)  "
+        f"introspection {r['introspection']['rps']:7.0f}/s ({r['introspection']['vs_bare']:.2f}x)"
     )
 
 
@@ -296,22 +334,24 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
-        for name in ("bare", "mint", "exchange", "jwks"):
+        for name in SCENARIOS:
             f = r[name]
+            peers = "/".join(str(f[k]) for k in ("vs_peer", "vs_peer_cluster") if k in f)
             rows.append(
                 f"| {r['server']} | {r['workers']} | {name} | {f['rps']:.0f} | {f['p50_ms']:.2f} | "
-                f"{f['p99_ms']:.2f} | {f.get('vs_bare', 1):.2f} | {f.get('vs_peer', '')} | {f['non_2xx']} |"
+                f"{f['p99_ms']:.2f} | {f.get('vs_bare', 1):.2f} | {peers} | {f['non_2xx']} |"
             )
-    p = results["peer"]
-    rows.append(
-        f"| node oidc-provider | 1 | client_credentials | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
-        f"{p['p99_ms']:.2f} | | 1.00 | {p['non_2xx']} |"
-    )
+    for p in (results["peer"], results["peer_cluster"]):
+        rows.append(
+            f"| node oidc-provider | {p.get('processes', 1)} | client_credentials | {p['rps']:.0f} | "
+            f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | | | {p['non_2xx']} |"
+        )
+    rows += ["", "vs peer: against oidc-provider with 1 process / with as many processes as our workers"]
     chosen, half, soak = results["chosen"], results["half_peak"], results["soak"]
     rows += ["", f"chosen: {chosen['server']} with {chosen['workers']} worker(s)"]
     if floor := results.get("floor"):
         rows.append(f"crypto floor: Ed25519 sign {floor['ed25519_sign_us']} us, verify {floor['ed25519_verify_us']} us")
-    for name in ("mint", "exchange"):
+    for name in ("mint", "exchange", "introspection"):
         rows.append(
             f"half peak {name}: {half[name]['rps']:.0f}/s, p50 {half[name]['p50_ms']:.2f} ms, "
             f"p99 {half[name]['p99_ms']:.2f} ms"
@@ -331,18 +371,189 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     labels, values = [], []
     for r in results["runs"]:
-        for name in ("bare", "mint", "exchange", "jwks"):
+        for name in SCENARIOS:
             labels.append(f"{r['server']}x{r['workers']}\n{name}")
             values.append(r[name]["rps"])
-    labels.append("oidc-provider\nclient_credentials")
-    values.append(results["peer"]["rps"])
+    for p in (results["peer"], results["peer_cluster"]):
+        labels.append(f"oidc-provider x{p.get('processes', 1)}\nclient_credentials")
+        values.append(p["rps"])
     fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.9), 5))
-    ax.bar(range(len(values)), values, color=["#888" if "bare" in lab else "#369" for lab in labels[:-1]] + ["#c63"])
+    ax.bar(
+        range(len(values)),
+        values,
+        color=["#888" if "bare" in lab else "#c63" if "oidc" in lab else "#369" for lab in labels],
+    )
     ax.set_xticks(range(len(values)), labels, fontsize=7)
     ax.set_ylabel("requests / s")
     ax.set_title("authority on this machine: throughput per scenario (wrk, same run)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# The waterfall (bench/waterfall.py): per path, each layer the previous one plus one real component.
+WATERFALL: dict[str, list[tuple[str, str]]] = {
+    "mint": [
+        ("bare", "bare Litestar JSON endpoint"),
+        ("get_stack", "+ the service's request pipeline (middleware, hooks)"),
+        ("mint_authn", "+ caller authentication (remembered bearer)"),
+        ("mint_redis", "+ the Redis round trip (allowlist write, rate counts)"),
+        ("mint_sign", "+ claims and signature"),
+        ("mint_audit", "+ the audit event (the service's _mint)"),
+        ("full", "+ the route: parameters, guards, DI, directory, rules, response struct"),
+    ],
+    "exchange": [
+        ("bare", "bare Litestar JSON endpoint"),
+        ("post_stack", "+ the service's request pipeline (a POST)"),
+        ("exchange_body", "+ the JSON body (guard, decoding, unique names)"),
+        ("exchange_verify", "+ the impersonation token's verification"),
+        ("exchange_redis", "+ the consume script and the session trail (two round trips)"),
+        ("exchange_sign", "+ access token claims and signature"),
+        ("full", "+ the route: DI, DPoP gate, directory again, audit, response struct"),
+    ],
+    "introspection": [
+        ("bare", "bare Litestar JSON endpoint"),
+        ("post_stack", "+ the service's request pipeline (a POST)"),
+        ("introspect_authn", "+ caller authentication (remembered bearer)"),
+        ("introspect_body", "+ the form body"),
+        ("introspect_verify", "+ the access token's verification (remembered)"),
+        ("introspect_redis", "+ the session's Redis GET"),
+        ("full", "+ the route: guards, DI, audit, response struct"),
+    ],
+}
+
+
+def server_cpu_s(processes: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
+def measured(
+    pid: int, url: str, script: str, args: list[str], seconds: int, *, conns: int, threads: int
+) -> dict[str, Any]:
+    """wrk's figures, plus the servers' own CPU time per request (user + system of the server and its workers):
+    steadier than throughput when other work shares the machine."""
+    process = psutil.Process(pid)
+    processes = [process, *process.children(recursive=True)]
+    before = server_cpu_s(processes)
+    figures = wrk(url, script, args, seconds, connections=conns, threads=threads)
+    figures["cpu_us"] = round((server_cpu_s(processes) - before) / max(1, figures["requests"]) * 1e6, 1)
+    figures["us"] = round(1e6 / max(figures["rps"], 1e-9), 1)
+    return figures
+
+
+async def session_tokens(env: dict[str, str]) -> tuple[str, str]:
+    """An access token of a live session (exchanged in-process, as the route would) and an unspent impersonation
+    token, for the layers that re-send one token."""
+    settings = msgspec.structs.replace(load(env), mint_rate_per_actor=10**9, mint_rate_per_location=10**9)
+    services = build(settings, log=None)
+    await services.keys.refresh()
+    caller = Caller(demo.DEMO_ISSUER, "7", "operator", "1", None, impersonated=False, expires_at=2**31)
+    spent, kept = [await services.authority.mint_for_staff(caller, 42) for _ in range(2)]
+    grant = await services.authority.exchange(spent)
+    await services.close()
+    return grant.access_token, kept
+
+
+def run_waterfall(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="authority-waterfall-"))
+    runs: list[dict[str, dict[str, Any]]] = []
+    with EmbeddedRedis(work / "redis", persist=False) as redis_server:
+        for repeat in range(args.repeat):
+            runs.append(waterfall_once(args, work, redis_server.url))
+            print(f"waterfall run {repeat + 1}/{args.repeat}:\n{waterfall_table(runs[-1:])}", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "server": "granian x 2",
+        "seconds": args.duration,
+        "connections": args.connections,
+        "runs": runs,
+    }
+
+
+def waterfall_once(args: argparse.Namespace, work: Path, redis_url: str) -> dict[str, dict[str, Any]]:
+    """One pass over every layer of every path: the bare app, the authority, then each layer app in turn."""
+    log = work / "servers.log"
+    seconds, conns, threads, kind, workers = args.duration, args.connections, args.threads, "granian", 2
+    port = free_port()
+    env = production_env(work, redis_url, port)
+    caller = demo.dev_token(work / "portal", role="operator", sub="7", location="1", ttl=86400)
+    base = f"http://127.0.0.1:{port}"
+    run: dict[str, dict[str, Any]] = {path: {} for path in WATERFALL}
+
+    def scenario(path: str, layer: str, pid: int, url: str, how: tuple[str, list[str]]) -> None:
+        run[path][layer] = measured(pid, url, how[0], how[1], seconds, conns=conns, threads=threads)
+
+    with server(kind, "bench.bare:app", port, workers=workers, env=env, log=log) as pid:
+        wrk(f"{base}/bare", "get.lua", ["-"], WARMUP_S, connections=conns, threads=threads)
+        bare = measured(pid, f"{base}/bare", "get.lua", ["-"], seconds, conns=conns, threads=threads)
+        for path in WATERFALL:
+            run[path]["bare"] = bare
+    with server(kind, "authority.asgi:app", port, workers=workers, env=env, log=log) as pid:
+        mint_url = f"{base}/api/sys/users/impersonate?coworkerId=42"
+        wrk(mint_url, "get.lua", [caller], WARMUP_S, connections=conns, threads=threads)
+        scenario("mint", "full", pid, mint_url, ("get.lua", [caller]))
+        tokens = asyncio.run(premint(env, int(run["mint"]["full"]["rps"] * seconds * 1.5) + 2000))
+        write_tokens(work, tokens, threads)
+        scenario("exchange", "full", pid, f"{base}/api/sys/users/exchange", ("exchange.lua", [str(work / "tokens_")]))
+        access, unspent = asyncio.run(session_tokens(env))
+        introspection = ("post.lua", [f"token={access}", "application/x-www-form-urlencoded", caller])
+        scenario("introspection", "full", pid, f"{base}/oauth2/introspect", introspection)
+    exchange = ("post.lua", [msgspec.json.encode({"token": unspent}).decode(), "application/json", "-"])
+    request = {"mint": ("get.lua", [caller]), "exchange": exchange, "introspection": introspection}
+    uses: dict[str, list[str]] = {}  # layer app -> the paths it is a layer of (post_stack serves two)
+    for path, layers in WATERFALL.items():
+        for layer, _ in layers:
+            if layer not in ("bare", "full"):
+                uses.setdefault(layer, []).append(path)
+    for layer, paths in uses.items():
+        with server(kind, f"bench.waterfall:{layer}", port, workers=workers, env=env, log=log) as pid:
+            script, wrk_args = request[paths[0]]
+            wrk(f"{base}/w", script, wrk_args, WARMUP_S, connections=conns, threads=threads)
+            for path in paths:
+                scenario(path, layer, pid, f"{base}/w", request[path])
+    return run
+
+
+def _spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    median = (
+        ordered[len(ordered) // 2]
+        if len(ordered) % 2
+        else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    )
+    return f"{median:,.0f}" if len(ordered) == 1 else f"{median:,.0f} ({ordered[0]:,.0f}..{ordered[-1]:,.0f})"
+
+
+def waterfall_table(runs: list[dict[str, dict[str, Any]]]) -> str:
+    """Per path and layer: req/s, machine microseconds per request (1e6 / req/s) and what the layer added, the
+    servers' CPU microseconds per request and what the layer added; medians over runs, (min..max) when several."""
+    rows = []
+    for path, layers in WATERFALL.items():
+        rows += [
+            "",
+            f"**{path}** (N={len(runs)}; median (min..max))",
+            "",
+            "| layer | adds | req/s | x bare | us/req | +us | server CPU us/req | +CPU us | p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        previous = None
+        for layer, what in layers:
+            got = [r[path][layer] for r in runs]
+            added: list[float] = (
+                [g["us"] - r[path][previous]["us"] for g, r in zip(got, runs, strict=True)] if previous else []
+            )
+            added_cpu: list[float] = (
+                [g["cpu_us"] - r[path][previous]["cpu_us"] for g, r in zip(got, runs, strict=True)] if previous else []
+            )
+            ratio = [g["rps"] / r[path]["bare"]["rps"] for g, r in zip(got, runs, strict=True)]
+            rows.append(
+                f"| {layer} | {what} | {_spread([g['rps'] for g in got])} | {sorted(ratio)[len(ratio) // 2]:.2f} | "
+                f"{_spread([g['us'] for g in got])} | {_spread(added) if added else ''} | "
+                f"{_spread([g['cpu_us'] for g in got])} | {_spread(added_cpu) if added_cpu else ''} | "
+                f"{sorted(g['p99_ms'] for g in got)[len(got) // 2]:.1f} |"
+            )
+            previous = layer
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -353,9 +564,21 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=["uvicorn", "granian"], choices=["uvicorn", "granian"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--soak", type=int, default=600, help="seconds of the memory soak")
+    parser.add_argument("--waterfall", action="store_true", help="only the waterfall (bench/waterfall.py)")
+    parser.add_argument("--repeat", type=int, default=3, help="waterfall runs (medians and spread over them)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    if args.waterfall:
+        figures = run_waterfall(args)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "waterfall.json").write_text(json.dumps(figures, indent=2) + "\n")
+        text = f"granian x 2, wrk {args.connections} connections, {args.duration} s per layer" + waterfall_table(
+            figures["runs"]
+        )
+        (RESULTS / "waterfall.md").write_text(text + "\n")
+        print(text)
+        return
     results = run(args)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "results.json").write_text(json.dumps(results, indent=2) + "\n")

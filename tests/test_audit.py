@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -116,4 +118,37 @@ def test_audit_tail_follow_keeps_following_a_quiet_stream(stack: Stack) -> None:
         assert (line["request_id"], line["time"]) == ("followed", "2027-01-15T08:00:00.500Z")
     finally:
         process.terminate()
+        process.wait(timeout=10)
+
+
+def test_follow_from_now_and_an_interrupt_end_quietly(stack: Stack) -> None:
+    """``-n 0 --follow`` prints only what comes from now on; Ctrl-C ends it with status 130 and no traceback."""
+    with direct_redis(stack) as redis:
+        old = {"ts": 1_800_000_000.0, "event": "mint", "outcome": "issued", "request_id": "before"}
+        redis.xadd(f"{stack.settings.redis_prefix}audit", {"event": json.dumps(old)})
+    env = {
+        **os.environ,
+        "AUTHORITY_REDIS_URL": str(stack.settings.redis_url),
+        "AUTHORITY_REDIS_PREFIX": stack.settings.redis_prefix,
+    }
+    # As from a terminal: SIGINT raises KeyboardInterrupt (a process started in the background inherits it ignored)
+    interactive = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    interactive += "from authority.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", interactive, "audit", "tail", "-n", "0", "-f"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        printed: list[str] = []
+        reader = threading.Thread(target=lambda: printed.append(process.stdout.readline() if process.stdout else ""))
+        reader.start()
+        with direct_redis(stack) as redis:
+            while reader.is_alive():  # new events until the tail, started meanwhile, prints one
+                redis.xadd(f"{stack.settings.redis_prefix}audit", {"event": json.dumps({**old, "request_id": "after"})})
+                reader.join(0.2)
+        assert json.loads(printed[0])["request_id"] == "after"  # "before" was not printed
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130
+        assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+    finally:
+        process.kill()
         process.wait(timeout=10)

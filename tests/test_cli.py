@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from authority.cli import main, parser
 from authority.embedded import free_port
-from tests.helpers import PASSPHRASE
+from tests.helpers import PASSPHRASE, Stack
 
 
 @pytest.fixture
@@ -54,7 +56,9 @@ def test_rotate_says_when_the_standby_is_already_due(capsys: pytest.CaptureFixtu
     says so, rather than print the same table as if something had happened."""
     keys(capsys, "rotate")  # the first signer and its standby
     assert main(["keys", "rotate"]) == 0
-    assert "nothing to bring forward" not in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "nothing to bring forward" not in said
+    assert re.search(r"the standby \S+ signs from \d{4}-\d\d-\d\dT\S+Z \(in \d+ min\)", said), said
     assert main(["keys", "rotate"]) == 0
     said = capsys.readouterr().err
     assert "nothing to bring forward" in said
@@ -139,3 +143,27 @@ def test_a_command_pointed_at_the_wrong_store_refuses_instead_of_making_keys(
 )  # fmt: skip
 def test_demo_is_read_before_or_after_the_action(argv: list[str], demo: bool) -> None:
     assert parser().parse_args(argv).demo is demo
+
+
+def test_rotate_refuses_an_empty_keys_folder_beside_a_running_service(
+    make_stack: Callable[..., Stack],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The operator's slip: `keys rotate` run where AUTHORITY_KEYS_DIR is not the service's. It must not make a
+    key set nobody serves, report it "in effect" and audit it: it names the folder and the running processes."""
+    stack = make_stack()
+    with stack.client():  # a running service: its keys in its folder, listening for key changes on its prefix
+        for name, value in {
+            "AUTHORITY_REDIS_URL": stack.settings.redis_url or "",
+            "AUTHORITY_REDIS_PREFIX": stack.settings.redis_prefix,
+            "AUTHORITY_KEYS_DIR": str(tmp_path / "elsewhere"),
+            "AUTHORITY_KEY_PASSPHRASE": PASSPHRASE,
+        }.items():
+            monkeypatch.setenv(name, value)
+        assert main(["keys", "rotate"]) == 2
+        said = capsys.readouterr().err
+        assert str((tmp_path / "elsewhere").absolute()) in said
+        assert "running service processes share this Redis prefix" in said
+        assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())

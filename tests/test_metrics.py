@@ -48,6 +48,49 @@ def test_counters_follow_mints_exchanges_replays_and_denials(client: TestClient[
     assert any(name.startswith("authority_http_requests_total") for name in after)
 
 
+def labelled(samples: dict[str, float]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples by name and label set, whatever order the exposition writes the labels in."""
+    found = {}
+    for sample, value in samples.items():
+        name, _, labels = sample.partition("{")
+        found[name, frozenset(re.findall(r'([a-z_]+)="([^"]*)"', labels))] = value
+    return found
+
+
+def test_http_series_count_each_routed_request_by_route_template_and_status(
+    client: TestClient[Any], stack: Stack
+) -> None:
+    """The series (names, labels, buckets) Litestar's Prometheus middleware kept, which dashboards read."""
+    before = labelled(scrape(client))
+    client.post(EXCHANGE, json={"token": mint(client, stack)})
+    client.post(EXCHANGE, json={"token": "x.y.z"})
+    client.post(EXCHANGE, json={"token": "a.b.c"})
+    after = labelled(scrape(client))
+
+    def grew(name: str, status: int, **more: str) -> float:
+        route = {
+            "method": "POST",
+            "path": "/api/sys/users/exchange",
+            "status_code": str(status),
+            "app_name": "authority",
+        }
+        key = (name, frozenset({**route, **more}.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("authority_http_requests_total", 200) == 1
+    assert grew("authority_http_requests_total", 401) == 2
+    assert grew("authority_http_request_duration_seconds_count", 401) == 2
+    assert grew("authority_http_request_duration_seconds_bucket", 401, le="+Inf") == 2
+    assert grew("authority_http_requests_in_progress", 200) == 0
+    assert (
+        "authority_http_requests_in_progress",
+        frozenset(
+            {"method": "POST", "path": "/api/sys/users/exchange", "status_code": "200", "app_name": "authority"}.items()
+        ),
+    ) in after
+    assert grew("authority_http_requests_error_total", 200) == grew("authority_http_requests_error_total", 401) == 0
+
+
 # --- PROMETHEUS_MULTIPROC_DIR: one server's folder ------------------------------------------------------------
 
 # A process that claims the folder as authority.asgi does, counts an exchange, says so, and runs until its stdin

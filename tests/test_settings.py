@@ -256,6 +256,29 @@ def test_every_mistake_is_named_at_once_one_line_each() -> None:
     ]
 
 
+def test_a_service_is_told_everything_it_lacks_and_every_bad_value_in_one_go() -> None:
+    """Bad values, broken rules and what a service outside --demo cannot start without, all at once: the operator
+    walking through a first start met them one per attempt."""
+    with pytest.raises(SettingsError) as everything:
+        load(
+            {"AUTHORITY_PORT": "abc", "AUTHORITY_ISSUER": "https://a.example/", "AUTHORITY_SESSION_TTL_S": "-1",
+             "AUTHORITY_FOO": "1"},
+            serving=True,
+        )  # fmt: skip
+    lines = str(everything.value).splitlines()
+    assert [line.split(" ", 1)[0].split(":")[0].split("=")[0] for line in lines] == [
+        "unknown",  # unknown variable AUTHORITY_FOO
+        "AUTHORITY_PORT",
+        "AUTHORITY_SESSION_TTL_S",
+        "AUTHORITY_REDIS_URL",
+        "AUTHORITY_KEY_PASSPHRASE",
+        "AUTHORITY_TRUSTED_ISSUERS",
+        "AUTHORITY_DIRECTORY_URL",
+        "AUTHORITY_ISSUER",  # the trailing '/': a rule across fields, on the values that fit theirs
+    ]
+    assert load({}, serving=True, demo=True).demo  # --demo needs none of them
+
+
 # --- the directory: a file or the portal's API ------------------------------------------------------------------
 
 PORTAL = {"AUTHORITY_DIRECTORY_URL": "https://portal.example/directory"}

@@ -3,6 +3,7 @@ a unix socket, a 3-node Cluster, and a Sentinel-watched primary whose death must
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -18,6 +19,8 @@ from litestar.testing import TestClient
 
 from authority.connection import parse_sentinel_url
 from authority.embedded import EmbeddedRedis, free_port, server_binary
+from authority.events.outbox import outbox_stream
+from authority.events.set import SESSION_REVOKED, SESSION_STARTED, TOKEN_REPLAYED
 from authority.replay import MAX_REPLICA_LAG_S
 from tests.helpers import (
     END_CURRENT,
@@ -34,6 +37,7 @@ from tests.helpers import (
 )
 
 NOT_SPENT = "the token was not spent"  # what a 503 says when the exchange was refused before consuming
+NOBODY = [{"url": "http://127.0.0.1:9/events", "audience": "portal"}]  # a receiver configured, never reached
 
 # Replicas starved of CPU on a busy machine acknowledge far later than a production deadline would allow.
 PATIENT: dict[str, Any] = {"redis_replica_timeout_ms": 1500, "redis_timeout_s": 3}
@@ -128,6 +132,39 @@ def test_cluster(make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis])
             if direct.dbsize():
                 owners.add(node.port)
     assert len(owners) >= 2
+
+
+def cluster_records(stack: Stack, port: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The audit entries and the outbox's events of ``stack`` on the Cluster reached at ``port``."""
+    prefix = stack.settings.redis_prefix
+    with redis.RedisCluster(host="127.0.0.1", port=port) as direct:
+        audit = direct.xrange(f"{prefix}audit")
+        events = direct.xrange(outbox_stream(f"{prefix}audit"))
+    return [json.loads(f[b"event"]) for _, f in audit], [json.loads(f[b"event"]) for _, f in events]
+
+
+def test_on_cluster_a_changes_records_follow_it_before_the_answer(
+    make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis]
+) -> None:
+    """A script there touches its own slot only: the audit entry and events are written by a second round trip,
+    before the answer, so they are there as soon as it is."""
+    stack = make_stack(redis_url=cluster[0].url, redis_cluster=True, key_store="redis", event_receivers=NOBODY)
+    operator = stack.bearer("operator", "7")
+    with stack.client() as client:
+        token = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
+        sid = client.post(EXCHANGE, json={"token": token}).json()["session_id"]
+        assert client.post(EXCHANGE, json={"token": token}).status_code == 401
+        audit, events = cluster_records(stack, cluster[0].port)
+    assert [(e["event"], e["outcome"]) for e in audit if e.get("jti") == sid] == [
+        ("mint", "issued"),
+        ("exchange", "session"),
+        ("refusal", "token-replayed"),
+    ]
+    assert [(e["type"], e["session"]) for e in events] == [
+        (SESSION_STARTED, sid),
+        (TOKEN_REPLAYED, sid),
+        (SESSION_REVOKED, sid),
+    ]
 
 
 def test_the_sessions_trail_on_cluster(make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis]) -> None:
@@ -527,12 +564,15 @@ def test_sentinel_clients_use_the_configured_pool_size(make_stack: Callable[...,
 def test_cluster_with_min_replicas_waits_on_the_keys_own_primary(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
-    """WAIT goes down the connection that ran the consume, on the primary owning the token's slot."""
+    """WAIT goes down the connection that ran the consume, on the primary owning the token's slot; the records
+    that follow it are confirmed on their own primary."""
     nodes = start_cluster(tmp_path, replicas=True)
     try:
-        core_flow(
-            make_stack(redis_url=nodes[0].url, redis_cluster=True, key_store="redis", redis_min_replicas=1, **PATIENT)
-        )
+        settings = {"redis_cluster": True, "key_store": "redis", "redis_min_replicas": 1, **PATIENT}
+        stack = make_stack(redis_url=nodes[0].url, event_receivers=NOBODY, **settings)
+        core_flow(stack)
+        _, events = cluster_records(stack, nodes[0].port)
+        assert [e["type"] for e in events] == [SESSION_STARTED, TOKEN_REPLAYED, SESSION_REVOKED]
     finally:
         for node in nodes:
             node.stop()

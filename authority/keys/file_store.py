@@ -51,7 +51,7 @@ class FileKeyStore:
         self.directory = directory
 
     def __str__(self) -> str:
-        return str(self.directory)
+        return str(self.directory.absolute())  # an operator reads where, whatever folder the command ran in
 
     def load_sync(self) -> list[KeyRecord]:
         records = []

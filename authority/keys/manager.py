@@ -12,6 +12,8 @@ from typing import NamedTuple, Protocol, TypeVar
 import anyio.to_thread
 
 from authority.audit import AuditLog
+from authority.events.outbox import Outbox
+from authority.events.set import key_retired
 from authority.keys.jwk import PrivateKey, public_jwk
 from authority.keys.keyring import Keyring, LoadedKey, new_record, unseal_record
 from authority.keys.lifecycle import KeyRecord, Plan, Schedule, chain, plan, revoke, state
@@ -54,6 +56,7 @@ class KeyManager:
         refresh_s: float,
         clock: Callable[[], float],
         audit: AuditLog,
+        outbox: Outbox | None = None,
     ) -> None:
         if not passphrase and not demo:
             # The one check of it: every key this process makes or reads goes through here.
@@ -62,6 +65,7 @@ class KeyManager:
         self.lock = lock
         self.notices = notices
         self.audit = audit
+        self.outbox = outbox  # where a key retired in an emergency is announced to event receivers
         self.alg = alg
         self.schedule = schedule
         self.refresh_s = refresh_s  # how often the records are re-read, and the schedule run
@@ -121,7 +125,11 @@ class KeyManager:
             )
         for record in step.updates:
             outcome = "revoked" if record.revoked else "rescheduled"
-            self.audit.emit("key", outcome, kid=record.kid, retires_at=record.retires_at, reason=reason)
+            entry = self.audit.entry("key", outcome, kid=record.kid, retires_at=record.retires_at, reason=reason)
+            if record.revoked and self.outbox is not None:  # an emergency: receivers are told (a SET) at once
+                await self.outbox.publish(entry, key_retired(kid=record.kid, at=now))
+            else:
+                self.audit.emit_entry(entry)
         for kid in step.deletes:
             self.audit.emit("key", "removed", kid=kid, reason=reason)
         changed = {r.kid: r for r in [*step.updates, *created]}

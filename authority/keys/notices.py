@@ -24,6 +24,11 @@ class KeyNotices:
         self.channel = f"{prefix}keys:changed"
         self._acks = f"{prefix}keys:applied"
 
+    async def listening(self) -> int:
+        """How many running service processes listen for key changes on this prefix (Cluster: on this node)."""
+        counts = await self._redis.pubsub_numsub(self.channel)
+        return sum(int(count) for _, count in counts)
+
     async def announce(self, wait_s: float = 0) -> tuple[int, int]:
         """Tell every process the records changed; with ``wait_s``, wait that long at most for each of them to
         say it has re-read them. Returns (processes that confirmed, processes that were listening)."""
