@@ -13,7 +13,8 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import JSONBody, PathParameter, QueryParameter, SkipValidation, URLEncodedBody
-from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
+from litestar.response.base import ASGIResponse
+from litestar.status_codes import HTTP_200_OK
 from litestar.types import ControllerRouterHandler
 
 from authority import policy, token_endpoint
@@ -83,6 +84,13 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = [tag.strip() for tag in if_none_match.split(",")]
     return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
+
+
+def if_none_match(request: Request[Any, Any, State]) -> str | None:
+    """The request's ``If-None-Match``, its repeated lines joined (RFC 9110 section 5.3), read off the raw scope
+    headers: building the request's ``Headers`` for one field cost the JWKS route 6 % of its time."""
+    values = [value for name, value in request.scope["headers"] if name == b"if-none-match"]
+    return b", ".join(values).decode("latin-1") if values else None
 
 
 def parse_id(value: str) -> int:
@@ -465,12 +473,9 @@ async def exchange(
     opt=PUBLIC,
     responses={200: ResponseSpec(data_container=JwkSet, description="the signer, the standby, retiring keys")},
 )
-async def jwks(request: Request[Any, Any, State], published: PublishedDep) -> Response[bytes]:
-    keyring = published.keyring
-    headers = {"ETag": keyring.etag, "Cache-Control": f"public, max-age={published.settings.jwks_max_age_s}"}
-    if etag_matches(request.headers.get("if-none-match"), keyring.etag):
-        return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
-    return Response(keyring.jwks, media_type="application/json", headers=headers)
+async def jwks(request: Request[Any, Any, State], published: PublishedDep) -> ASGIResponse:
+    etag, full, not_modified = published.jwks_answers()
+    return not_modified if etag_matches(if_none_match(request), etag) else full
 
 
 def server_metadata(request: Request[Any, Any, State], published: Published) -> Response[ServerMetadata]:
