@@ -8,14 +8,16 @@ import sys
 
 from authority import logs, metrics
 from authority.app import create_app
-from authority.services import OPERATOR_ERRORS, say
+from authority.services import OPERATOR_ERRORS, RefusedStart, say
 from authority.settings import load
 
 logs.configure()
 try:
     settings = load(serving=True)
     metrics.claim_folder()  # PROMETHEUS_MULTIPROC_DIR: this server's alone, before anything is counted
-    app = create_app(settings)
+    # What only the start can find (keys in Redis sealed with another passphrase, say) is said as the settings are:
+    # one line per mistake, then the server exits non-zero (RefusedStart).
+    app = RefusedStart(create_app(settings))
 except OPERATOR_ERRORS as exc:  # one line per mistake in every worker's log, not a traceback
     say(exc, sys.stderr)
     raise SystemExit(2) from None

@@ -34,6 +34,7 @@ from authority.keys.notices import KeyNotices
 from authority.refusals import Refusal
 from authority.services import (
     OPERATOR_ERRORS,
+    RefusedStart,
     audit_stream,
     build,
     dead_letters,
@@ -68,9 +69,14 @@ def _serve(args: argparse.Namespace) -> int:
                 config = msgspec.structs.replace(config, redis_url=server.url)
             config = _with_demo_issuer(config)
         logs.configure()
-        app = create_app(config)
+        app = RefusedStart(create_app(config))
         options = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False)
-        _AnnouncedServer(options, demo=config.demo).run()
+        try:
+            _AnnouncedServer(options, demo=config.demo).run()
+        except SystemExit:
+            if app.refused:  # said in one line each: the status of every other operator error
+                return 2
+            raise
     return 0
 
 

@@ -10,10 +10,10 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import msgspec
 from litestar.response.base import ASGIResponse
@@ -58,9 +58,72 @@ OPERATOR_ERRORS: tuple[type[Exception], ...] = (
 )  # fmt: skip
 
 
+Message = dict[str, Any]  # an ASGI scope or event
+Send = Callable[[Message], Awaitable[None]]
+
+
 def say(error: Exception, out: TextIO) -> None:
     for line in str(error).splitlines():  # one line per mistake, all of them
         print(f"authority: {line}", file=out)
+
+
+def operator_errors(exc: BaseException) -> list[Exception] | None:
+    """The operator errors ``exc`` is made of, if it is nothing else: itself, or every leaf of an exception group
+    (Litestar's lifespan runs inside task groups, which wrap what the start raised); None if anything else is in."""
+    if isinstance(exc, OPERATOR_ERRORS):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        errors: list[Exception] = []
+        for inner in exc.exceptions:
+            if (found := operator_errors(inner)) is None:
+                return None
+            errors += found
+        return errors or None
+    return None
+
+
+class RefusedStart:
+    """The app as an ASGI server runs it: an operator error raised while the app starts (a wrong passphrase for
+    keys in Redis, no signing key after ``START_WAIT_S``, a setting only the start can check) is said in one line
+    each, on stderr, and the start is reported failed to the server with no message; the server then exits
+    non-zero (uvicorn with 3, a granian worker with 1 and granian itself once the crash loop shows) by its own
+    rules, with no traceback.
+
+    Without this, Litestar reports a failed start with ``lifespan.startup.failed`` carrying the whole traceback
+    (``format_exc``, an exception group: Litestar's lifespan runs in task groups), which uvicorn and granian log as
+    is, and then re-raises, which granian logs again. Any other failure is passed on untouched. In-process clients
+    (the tests' TestClient) call the app itself and see the exception as raised."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], out: TextIO = sys.stderr) -> None:
+        self.app = app
+        self.out = out
+        self.refused = False  # whether a start was refused here (``authority serve`` then exits 2)
+
+    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]], send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def holding(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # Litestar raises right after: what it raised decides what is sent
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, holding)
+        except BaseException as exc:
+            errors = operator_errors(exc) if held else None
+            if errors is None:
+                for message in held:
+                    await send(message)
+                raise
+            for error in errors:
+                say(error, self.out)
+            self.out.flush()
+            self.refused = True
+            await send({"type": "lifespan.startup.failed", "message": ""})
 
 
 START_WAIT_S = 65  # the rotation lock's lifetime and a margin: a sibling that died holding it has let go by then
@@ -87,6 +150,12 @@ class Services:
         and the delivery of security events."""
         self.audit.start()
         try:
+            # Every record unsealed before the schedule may write one: with a wrong passphrase, a tick would seal
+            # a new standby with it beside keys it cannot read, and the next start, with the right one, would fail
+            # on that standby in turn. Then one round of the schedule whatever was read (a changed alg replaces
+            # the standby), and more until this process holds a signer.
+            await self.keys.refresh()
+            await self.keys.tick()
             await self.keys.start(START_WAIT_S)
         except REDIS_ERRORS as exc:  # with Redis down, serve what local key files hold; readiness tells the rest
             logger.warning("key schedule not run at start (%s); retrying in the background", type(exc).__name__)

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+import redis
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.algorithms import OKPAlgorithm
 
-from authority import demo
+from authority import demo, services
 from authority.app import create_app
+from authority.embedded import free_port
 from authority.keys import FileKeyStore, KeyStoreError
 from authority.keys.keyring import new_record
+from authority.services import RefusedStart
 from authority.settings import Settings, SettingsError, TrustedIssuer, load
-from tests.helpers import EXCHANGE, PASSPHRASE
+from tests.helpers import BIN, EXCHANGE, PASSPHRASE, ROOT, the_images_cmd
 
 
 def issuer(**fields: Any) -> dict[str, Any]:
@@ -365,3 +373,116 @@ def test_an_unusable_directory_tls_file_stops_the_start_naming_it(tmp_path: Path
         create_app(settings)
     with pytest.raises(ValueError, match=r"^AUTHORITY_DIRECTORY_TLS_CA="):
         create_app(production(tmp_path, **portal, directory_tls_ca=str(tmp_path / "missing-ca.pem")))
+
+
+# --- what only the start can find: the lifespan's operator errors, under each server -----------------------------
+
+
+def sealed_in_redis(redis_url: str, prefix: str) -> dict[bytes, bytes]:
+    """A signing key in the Redis key store at ``prefix``, sealed with PASSPHRASE; the hash as written."""
+    now = int(time.time())
+    record = new_record("ES256", PASSPHRASE, now=now, activates_at=now)
+    with redis.Redis.from_url(redis_url) as direct:
+        direct.hset(f"{prefix}keys", record.kid, msgspec.json.encode(record))
+        written: dict[bytes, bytes] = direct.hgetall(f"{prefix}keys")
+        return written
+
+
+def serving_env(tmp_path: Path, redis_url: str, prefix: str, port: int, **variables: str) -> dict[str, str]:
+    issuer = demo.trusted_demo_issuer(tmp_path / "portal")
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUTHORITY_")},
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "AUTHORITY_PORT": str(port),
+        "AUTHORITY_ISSUER": f"http://127.0.0.1:{port}",
+        "AUTHORITY_REDIS_URL": redis_url,
+        "AUTHORITY_REDIS_PREFIX": prefix,
+        "AUTHORITY_KEYS_DIR": str(tmp_path / "keys"),
+        "AUTHORITY_KEY_STORE": "redis",
+        "AUTHORITY_DIRECTORY_FILE": str(ROOT / "authority" / "demo_directory.json"),
+        "AUTHORITY_TRUSTED_ISSUERS": json.dumps(
+            [{"issuer": issuer.issuer, "audiences": issuer.audiences, "jwks_file": issuer.jwks_file}]
+        ),
+        **variables,
+    }
+
+
+@pytest.mark.parametrize("server", ["cli", "uvicorn", "granian"])
+def test_a_wrong_passphrase_for_keys_in_redis_stops_every_server_with_one_line(
+    redis_url: str, tmp_path: Path, server: str
+) -> None:
+    """Keys in the Redis store sealed with one passphrase, a start with another: found only in the lifespan (the
+    store is read there), and said there as a bad setting is, in one line with no traceback, under `authority
+    serve`, `uvicorn authority.asgi:app` and the image's granian command; the server exits non-zero; and nothing
+    is written to the store (a standby sealed with the wrong passphrase would break the next, right, start)."""
+    port, prefix = free_port(), f"wrong{free_port()}:"
+    before = sealed_in_redis(redis_url, prefix)
+    env = serving_env(tmp_path, redis_url, prefix, port, AUTHORITY_KEY_PASSPHRASE="not the passphrase")
+    command = {
+        "cli": [str(BIN / "authority"), "serve"],
+        "uvicorn": [str(BIN / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "authority.asgi:app"],
+        "granian": the_images_cmd(port),
+    }[server]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == (2 if server == "cli" else 3 if server == "uvicorn" else 1), output
+    assert "Traceback" not in output
+    assert "Exception" not in output
+    said = {line for line in output.splitlines() if line.startswith("authority: ")}
+    assert said == {f"authority: redis hash {prefix}keys: cannot decrypt private key (wrong AUTHORITY_KEY_PASSPHRASE?)"}
+    if server != "granian":  # granian says it once per worker it starts, until its crash-loop check stops it
+        assert sum(line.startswith("authority: ") for line in output.splitlines()) == 1, output
+    with redis.Redis.from_url(redis_url) as direct:
+        assert direct.hgetall(f"{prefix}keys") == before
+
+
+def test_no_signing_key_in_time_is_one_line_and_a_failed_start(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Another holder of the rotation lock writes no key: the start gives up after START_WAIT_S (1 s here) and says
+    so in one line; uvicorn, told the start failed with no message, exits with its startup-failure status."""
+    monkeypatch.setattr(services, "START_WAIT_S", 1)
+    prefix = f"nokey{free_port()}:"
+    with redis.Redis.from_url(redis_url) as direct:
+        direct.set(f"{prefix}keys:lock", "another replica", px=60_000)
+    settings = load(serving_env(tmp_path, redis_url, prefix, free_port(), AUTHORITY_KEY_PASSPHRASE=PASSPHRASE))
+    said = io.StringIO()
+    app = RefusedStart(create_app(settings), out=said)
+    server = uvicorn.Server(uvicorn.Config(app, port=free_port(), log_level="warning"))
+    with pytest.raises(SystemExit) as exited:
+        server.run()
+    assert exited.value.code == 3
+    assert app.refused
+    assert said.getvalue().splitlines() == [
+        "authority: no signing key after 1 s: another process holds the rotation lock and wrote none"
+    ]
+    assert "Traceback" not in capfd.readouterr().err
+    with redis.Redis.from_url(redis_url) as direct:
+        assert not direct.hlen(f"{prefix}keys")
+
+
+def test_a_failure_that_is_not_an_operators_passes_through_untouched() -> None:
+    """A bug in the start stays a traceback (Litestar's message, the exception raised): it is not one to hide."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            raise ExceptionGroup("start", [KeyError("a bug")])
+        except BaseException:
+            await send({"type": "lifespan.startup.failed", "message": "Traceback ..."})
+            raise
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "lifespan.startup"}
+
+    said = io.StringIO()
+    lifespan: dict[str, Any] = {"type": "lifespan"}
+    with pytest.raises(ExceptionGroup):
+        asyncio.run(RefusedStart(app, out=said)(lifespan, receive, send))
+    assert sent == [{"type": "lifespan.startup.failed", "message": "Traceback ..."}]
+    assert not said.getvalue()
