@@ -24,7 +24,7 @@ import msgspec
 import uvicorn
 from redis.asyncio import Redis
 
-from authority import callers, demo, demo_server, logs, settings
+from authority import callers, demo, demo_server, directory_file, logs, settings
 from authority.app import create_app
 from authority.connection import connect_redis
 from authority.events.delivery import entry_time
@@ -57,11 +57,11 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     config = settings.load(serving=True, **overrides)
     # From here a stop signal is a clean exit, so the ExitStack stops the private server rather than orphaning it
-    # (while uvicorn runs, it takes SIGTERM and SIGINT itself, drains, then re-raises them here). A closed
-    # terminal (SIGHUP) is a stop like SIGTERM.
+    # (while uvicorn runs, it takes SIGTERM and SIGINT itself, drains, then re-raises them here). Under --demo a
+    # closed terminal (SIGHUP) is a stop like SIGTERM; otherwise SIGHUP is a daemon's reload: the directory re-read.
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _exit_cleanly)
-    signal.signal(signal.SIGHUP, _hang_up)
+    signal.signal(signal.SIGHUP, _hang_up if config.demo else directory_file.reread)
     with ExitStack() as stack:
         if config.demo:
             if not config.redis_url:

@@ -43,8 +43,11 @@ class CoworkerEntry(msgspec.Struct, frozen=True):
 
 
 class Directory(Protocol):
-    async def location(self, location: str) -> LocationEntry | None:
+    """``fresh``: the answer as the portal gives it now, not one remembered from an earlier lookup (the exchange's
+    re-check: the last chance to refuse a token minted on an answer that has changed since)."""
+
+    async def location(self, location: str, *, fresh: bool = False) -> LocationEntry | None:
         """The location, or None if the portal has no such location."""
 
-    async def coworker(self, location: str, coworker_id: int) -> CoworkerEntry | None:
+    async def coworker(self, location: str, coworker_id: int, *, fresh: bool = False) -> CoworkerEntry | None:
         """The coworker as a member of ``location``, or None if they are not in it."""

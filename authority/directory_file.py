@@ -13,20 +13,31 @@ and a typo (``"impersonable "``, ``"impersonaton"``) or a leftover line must not
 impersonated. Errors say where, as a JSON path (``$.locations["1"].coworkers[2]``).
 
 Live: the file is looked at again at most every ``CHECK_S`` on lookup; a changed file (its inode, size or mtime: an
-atomically replaced one included) is read again, and ``reload()`` reads it now, changed or not. A new file that
-does not parse keeps the last good data and says why once (once per cause, not once per check). At start a bad
-file stops the start: there is no last good data yet. Under granian, SIGHUP restarts the workers, and each new
-worker reads the file at its start, which is why a bad file then stops them (``python -m authority.directory_file
-FILE`` checks one first).
+atomically replaced one included) is read again, and ``reload()`` reads it now, changed or not (``reread`` is the
+SIGHUP handler of ``authority serve``). A new file that does not parse keeps the last good data and says why once
+(once per cause, not once per check).
+
+Kept on disk: every good read is also written, validated, to ``LastGood`` (``$TMPDIR/authority-<uid>/``, one file
+per directory file's absolute path, owner-only), because a process can start on a bad file too: granian's SIGHUP
+restarts every worker, and a new worker has no last good data in memory. A worker starting on a bad file starts on
+that copy and says so in one line; with no copy (the first start ever on this host) a bad file stops the start.
+``python -m authority.directory_file FILE`` checks a file before it is put in place.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 import os
+import stat
 import sys
+import tempfile
 import time
+import weakref
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -113,30 +124,136 @@ def parse(data: bytes) -> Snapshot:
     return Snapshot(locations, coworkers)
 
 
-class FileDirectory:
-    """Lookups on the last good snapshot of ``path``; the file is read at start (a bad file stops the start)."""
+class _Kept(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A ``LastGood`` file: the data as read, which file it was, and when (Unix time)."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
+    source: str
+    read_at: float
+    data: msgspec.Raw
+
+
+def runtime_folder() -> Path:
+    """Where ``LastGood`` copies go: this user's folder in the temporary directory (``TMPDIR``), local to the host
+    or container, which is all a restarted worker needs."""
+    return Path(tempfile.gettempdir()) / f"authority-{os.geteuid()}"
+
+
+class LastGood:
+    """The last good read of the directory file ``source``, kept in ``folder`` for a process that starts on a bad
+    file. The folder is made owner-only and used only if it is ours and nobody else may write in it: a planted copy
+    would say who may be impersonated. A folder that cannot be used is said once, and the service goes on."""
+
+    def __init__(self, source: Path, folder: Path) -> None:
+        self.source = str(source.absolute())  # not resolved: a ConfigMap's symlinks change at each update
+        self.folder = folder
+        self.path = folder / f"{hashlib.sha256(self.source.encode()).hexdigest()[:32]}.json"
+        self._said = False
+
+    def _checked_folder(self) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.folder, 0o700)
+        found = os.lstat(self.folder)
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid() or found.st_mode & 0o077:
+            raise PermissionError(f"{self.folder} is not a folder of this user's alone")
+
+    def save(self, data: bytes) -> None:
+        """Keep ``data`` (already parsed), atomically: a worker reading it meanwhile sees the old copy or the new."""
+        staged = None
+        try:
+            self._checked_folder()
+            fd, staged = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".new")  # mode 0600
+            with os.fdopen(fd, "wb") as file:
+                file.write(msgspec.json.encode(_Kept(self.source, time.time(), msgspec.Raw(data))))
+            os.replace(staged, self.path)
+        except OSError as exc:
+            if staged is not None:
+                Path(staged).unlink(missing_ok=True)
+            if not self._said:
+                self._said = True
+                logger.warning(
+                    "directory file %s: no copy of it can be kept in %s (%s); a worker that starts on a bad file "
+                    "will stop instead of serving the last good data",
+                    self.source,
+                    self.folder,
+                    exc.strerror or exc,
+                )
+
+    def load(self) -> tuple[Snapshot, float] | None:
+        """The kept data and when it was read, or None if there is none that reads (as ``parse`` would)."""
+        try:
+            self._checked_folder()
+            kept = msgspec.json.decode(self.path.read_bytes(), type=_Kept)
+            if kept.source != self.source:
+                return None
+            return parse(bytes(kept.data)), kept.read_at
+        except (OSError, ValueError):  # msgspec.DecodeError is a ValueError
+            return None
+
+
+_LIVE: weakref.WeakSet[FileDirectory] = weakref.WeakSet()  # every FileDirectory of the process, for ``reread``
+
+
+def reread(signum: int, frame: object) -> None:
+    """SIGHUP handler (``authority serve`` without ``--demo``): every directory file of this process read now, a bad
+    one keeping the last good data. On the running event loop when there is one, so it runs between lookups."""
+    del signum, frame
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    for directory in list(_LIVE):
+        if loop is None:
+            directory.reload()
+        else:
+            loop.call_soon_threadsafe(directory.reload)
+
+
+class FileDirectory:
+    """Lookups on the last good snapshot of ``path``; at start, a bad file falls back to the copy kept in
+    ``keep_in`` (``runtime_folder()`` by default), and stops the start when there is none."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic, *, keep_in: Path | None = None) -> None:
         self.path = path
         self._clock = clock
-        self._seen = self._stamp()
-        self._snapshot = self._read()
-        self._checked_at = clock()
+        self._last_good = LastGood(path, runtime_folder() if keep_in is None else keep_in)
+        self._seen: tuple[int, int, int] | None = None  # the stamp of the file last read
         self._refused: tuple[int, int, int] | None = None  # a changed file that did not parse
         self._complaint = ""  # why the file is not read: logged once per cause
+        try:
+            self._seen = self._stamp()
+            self._snapshot = self._read()
+        except ValueError as exc:
+            kept = self._last_good.load()
+            if kept is None:
+                raise
+            self._snapshot, read_at = kept
+            self._refused, self._complaint = self._seen, str(exc)
+            self._seen = None
+            logger.error(
+                "%s; still serving the last good directory, read at %s (kept in %s)",
+                exc,
+                datetime.fromtimestamp(read_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                self._last_good.path,
+            )
+        self._checked_at = clock()
+        _LIVE.add(self)
 
     def _stamp(self) -> tuple[int, int, int]:
         try:
-            stat = os.stat(self.path)
+            found = os.stat(self.path)
         except OSError as exc:
             raise ValueError(f"directory file {self.path}: {exc.strerror}") from None
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+        return found.st_ino, found.st_size, found.st_mtime_ns
 
     def _read(self) -> Snapshot:
+        """The file parsed; kept on disk too, for a worker that starts while a bad file is in place."""
         try:
-            return parse(self.path.read_bytes())
+            data = self.path.read_bytes()
+            snapshot = parse(data)
         except (OSError, ValueError) as exc:
             raise ValueError(f"directory file {self.path}: {exc}") from None
+        self._last_good.save(data)
+        return snapshot
 
     def reload(self) -> None:
         """Read the file now, changed or not (an operator asked); keep the last good data if it does not parse."""
@@ -164,21 +281,21 @@ class FileDirectory:
         self._snapshot, self._seen, self._refused, self._complaint = snapshot, stamp, None, ""
         logger.warning("directory file %s read again: %d locations", self.path, len(snapshot.locations))
 
-    def _current(self) -> Snapshot:
-        if self._clock() - self._checked_at >= CHECK_S:
+    def _current(self, fresh: bool) -> Snapshot:
+        if fresh or self._clock() - self._checked_at >= CHECK_S:
             self._check()
         return self._snapshot
 
-    async def location(self, location: str) -> LocationEntry | None:
-        return self._current().locations.get(location)
+    async def location(self, location: str, *, fresh: bool = False) -> LocationEntry | None:
+        return self._current(fresh).locations.get(location)
 
-    async def coworker(self, location: str, coworker_id: int) -> CoworkerEntry | None:
-        return self._current().coworkers.get((location, coworker_id))
+    async def coworker(self, location: str, coworker_id: int, *, fresh: bool = False) -> CoworkerEntry | None:
+        return self._current(fresh).coworkers.get((location, coworker_id))
 
 
 def main(argv: list[str]) -> int:
     """``python -m authority.directory_file FILE``: check a directory file as the service would read it, before
-    putting it in place (a bad file is refused at a worker's start, and SIGHUP restarts granian's workers)."""
+    putting it in place (a bad file is refused, and the last good data served meanwhile)."""
     if len(argv) != 1:
         print("usage: python -m authority.directory_file FILE", file=sys.stderr)
         return 2

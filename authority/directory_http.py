@@ -7,8 +7,8 @@ here is about keeping it from hurting that path, or being hurt by it:
   portal that hangs costs a mint that long, then a 503, never a pile of waiting requests;
 - a short cache of answers, "not found" included (``AUTHORITY_DIRECTORY_CACHE_S``, ``..._NEGATIVE_CACHE_S``): a
   burst of mints asks the portal once, and a change there (the ``impersonation: false`` kill switch) is seen within
-  that time;
-- one request per key at a time: fifty concurrent lookups of a coworker wait for the same answer;
+  that time; a ``fresh`` lookup (the exchange's re-check) is never answered from it, and refreshes it;
+- one request per key at a time: fifty concurrent lookups of a coworker wait for the same answer, fresh or not;
 - at most ``AUTHORITY_DIRECTORY_MAX_CONCURRENCY`` requests in flight to the portal from this process;
 - an answer is read as a stream, uncompressed, and abandoned past ``AUTHORITY_DIRECTORY_MAX_ANSWER_BYTES``;
 - no redirects followed, no proxy taken from the environment: the request goes where the setting says.
@@ -120,21 +120,22 @@ class HttpDirectory:
             task.cancel()
         await self._client.aclose()
 
-    async def location(self, location: str) -> LocationEntry | None:
+    async def location(self, location: str, *, fresh: bool = False) -> LocationEntry | None:
         if location in ("", ".", ".."):  # no location is named so: the path would mean another resource
             return None
-        return await self._lookup(f"/locations/{segment(location)}", LocationEntry, location)
+        return await self._lookup(f"/locations/{segment(location)}", LocationEntry, location, fresh)
 
-    async def coworker(self, location: str, coworker_id: int) -> CoworkerEntry | None:
+    async def coworker(self, location: str, coworker_id: int, *, fresh: bool = False) -> CoworkerEntry | None:
         if location in ("", ".", ".."):
             return None
         path = f"/locations/{segment(location)}/coworkers/{coworker_id}"
-        return await self._lookup(path, CoworkerEntry, coworker_id)
+        return await self._lookup(path, CoworkerEntry, coworker_id, fresh)
 
-    async def _lookup(self, path: str, kind: type[Entry], expected_id: str | int) -> Entry | None:
-        """The cached answer for ``path`` while it is fresh; else the answer of the request in flight for it, started
-        here if there is none. Its callers are shielded from each other: one that gives up does not cancel it."""
-        cached = self._cache.get(path)
+    async def _lookup(self, path: str, kind: type[Entry], expected_id: str | int, fresh: bool) -> Entry | None:
+        """The cached answer for ``path`` while it is fresh (unless ``fresh`` is asked); else the answer of the
+        request in flight for it, started here if there is none. Its callers are shielded from each other: one that
+        gives up does not cancel it."""
+        cached = None if fresh else self._cache.get(path)
         if cached is not None and cached[0] > self._clock():
             return cast("Entry | None", cached[1])
         task = self._in_flight.get(path)

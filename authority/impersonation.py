@@ -210,10 +210,14 @@ class Authority:
     def _require_step_up(self, caller: Caller) -> None:
         require_step_up(caller, self._issuers[caller.issuer], int(self.clock()))
 
-    async def _look_up(self, location: str, coworker_id: int) -> tuple[LocationEntry | None, CoworkerEntry | None]:
+    async def _look_up(
+        self, location: str, coworker_id: int, *, fresh: bool = False
+    ) -> tuple[LocationEntry | None, CoworkerEntry | None]:
         """The location, and the coworker in it unless the location is unknown or switched off."""
-        place = await self.directory.location(location)
-        target = await self.directory.coworker(location, coworker_id) if place and place.impersonation else None
+        place = await self.directory.location(location, fresh=fresh)
+        target = (
+            await self.directory.coworker(location, coworker_id, fresh=fresh) if place and place.impersonation else None
+        )
         return place, target
 
     async def _refuse(self, caller: Caller, coworker_id: int, location: str, refusal: Refusal) -> NoReturn:
@@ -359,16 +363,17 @@ class Authority:
 
     async def _still_allowed(self, grant: ImpersonationClaims) -> Rule | None:
         """The policy asked again at redemption, on the directory as it is now: the rule the impersonation now
-        breaks, or None. A team admin's token names the admin's coworker id, so their team is checked again too."""
+        breaks, or None. A team admin's token names the admin's coworker id, so their team is checked again too.
+        Fresh answers, never the cache the mint filled: the exchange is the last chance to refuse."""
         try:
             coworker_id = int(grant.sub)
         except ValueError:
             return "coworker-unknown"
-        place, target = await self._look_up(grant.loc, coworker_id)
+        place, target = await self._look_up(grant.loc, coworker_id, fresh=True)
         admin_id = grant.act.coworker_id if grant.act.role == "team-admin" else None
         if admin_id is None:
             return broken_rule(place, target)
-        admin = await self.directory.coworker(grant.loc, admin_id) if place and target else None
+        admin = await self.directory.coworker(grant.loc, admin_id, fresh=True) if place and target else None
         return broken_rule(place, target, admin_id=admin_id, admin=admin)
 
     def _exchange_records(

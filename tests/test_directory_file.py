@@ -1,7 +1,8 @@
 """The directory file, live: its format (the first one still reads, and the new fields), a changed file read again
 (in place, atomically replaced, a new inode behind the same size and mtime, on ``reload()``), a bad new file that
-keeps the last good data and says why once, a bad file at start stopped in one line, and SIGHUP to the image's
-granian, which restarts the workers, each reading the file at its start."""
+keeps the last good data and says why once, the last good data kept on disk for a process that starts on a bad
+file (none kept yet: stopped in one line), and SIGHUP: to the image's granian, which restarts the workers, each
+reading the file at its start (a bad one: the copy kept), and to ``authority serve``, which reads it again."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,20 @@ import pytest
 
 from authority import demo
 from authority.directory import CoworkerEntry, LocationEntry, Membership
-from authority.directory_file import CHECK_S, DEMO_DIRECTORY, FileDirectory, parse
-from tests.helpers import BIN, PASSPHRASE, STAFF, Clock, Served, collected, poll, the_images_command
+from authority.directory_file import CHECK_S, DEMO_DIRECTORY, FileDirectory, LastGood, parse
+from authority.embedded import free_port
+from tests.helpers import (
+    BIN,
+    PASSPHRASE,
+    READYZ,
+    STAFF,
+    Clock,
+    Served,
+    collected,
+    poll,
+    the_images_command,
+    wait_until_ready,
+)
 
 # --- the format -----------------------------------------------------------------------------------------------
 
@@ -193,8 +207,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def directory(path: Path, clock: Clock) -> FileDirectory:
-    return FileDirectory(path, clock=clock)
+def kept(tmp_path: Path) -> Path:
+    """This test's folder of last good copies (the service's is ``runtime_folder()``)."""
+    return tmp_path / "kept"
+
+
+@pytest.fixture
+def directory(path: Path, clock: Clock, kept: Path) -> FileDirectory:
+    return FileDirectory(path, clock=clock, keep_in=kept)
 
 
 @pytest.fixture
@@ -244,6 +264,14 @@ def test_a_new_inode_is_seen_behind_the_same_size_and_mtime(path: Path, clock: C
     assert after[0] != before[0]
     clock.now += CHECK_S
     assert known(directory, 24)
+
+
+def test_a_fresh_lookup_looks_at_the_file_now(path: Path, directory: FileDirectory) -> None:
+    """The exchange's re-check does not wait for CHECK_S: a file replaced a moment ago is read."""
+    replace_atomically(path, with_coworkers(24))
+    assert known(directory, 42)  # the clock has not moved: not looked at
+    assert asyncio.run(directory.coworker("1", 24, fresh=True)) is not None
+    assert not known(directory, 42)
 
 
 def test_a_change_the_stamp_cannot_see_is_read_on_reload_only(
@@ -354,13 +382,102 @@ def test_a_deleted_file_keeps_the_last_good_data_and_says_so_once(
         (encoded({"locations": {"1": {"coworkers": [], "impersonaton": False}}}), "unknown field `impersonaton`"),
     ],
 )
-def test_a_bad_or_missing_file_stops_the_start_naming_it(tmp_path: Path, content: bytes | None, reason: str) -> None:
-    """At start there is no last good data to keep."""
+def test_a_bad_or_missing_file_stops_the_start_naming_it(
+    tmp_path: Path, kept: Path, content: bytes | None, reason: str
+) -> None:
+    """At the first start there is no last good data to keep."""
     path = tmp_path / "directory.json"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=rf"^directory file {re.escape(str(path))}: .*{re.escape(reason)}"):
-        FileDirectory(path)
+        FileDirectory(path, keep_in=kept)
+
+
+# --- the last good data, kept on disk -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [(encoded({"locations": {"1": {"coworkers": [24], "typo": 1}}}), "unknown field `typo`"),
+     (None, "No such file or directory")],
+    ids=["malformed", "missing"],
+)  # fmt: skip
+def test_a_process_starting_on_a_bad_file_starts_on_the_last_good_copy_saying_why(
+    path: Path, kept: Path, logged: list[logging.LogRecord], bad: bytes | None, reason: str
+) -> None:
+    """What a worker restarted by granian's SIGHUP does: it has no data in memory, so it takes the copy the last
+    good read kept, and says in one line when that was read and why the file was refused."""
+    before = time.time()
+    FileDirectory(path, keep_in=kept)  # a good read: kept
+    if bad is None:
+        path.unlink()
+    else:
+        replace_atomically(path, bad)
+    clock = Clock(1000.0)
+    restarted = FileDirectory(path, clock=clock, keep_in=kept)
+    assert known(restarted, 42)
+    [(level, message)] = lines(logged)
+    assert level == "ERROR"
+    assert message.startswith(f"directory file {path}: ")
+    assert reason in message
+    read_at = re.search(r"; still serving the last good directory, read at (\S+) \(kept in (.+)\)$", message)
+    assert read_at is not None, message
+    assert abs(datetime.fromisoformat(read_at[1]).timestamp() - before) < 2
+    assert Path(read_at[2]).parent == kept
+    for _ in range(3):  # refused once: not said again at every check
+        clock.now += CHECK_S
+        assert known(restarted, 42)
+    assert len(logged) == 1
+    path.write_bytes(with_coworkers(24))  # fixed: read, and kept in turn
+    clock.now += CHECK_S
+    assert known(restarted, 24)
+    assert lines(logged)[1:] == [("WARNING", f"directory file {path} read again: 1 locations")]
+    replace_atomically(path, b"{")
+    assert known(FileDirectory(path, keep_in=kept), 24)
+
+
+def test_the_copy_is_owner_only_and_names_its_file(path: Path, kept: Path) -> None:
+    FileDirectory(path, keep_in=kept)
+    [copy] = kept.iterdir()
+    assert (kept.stat().st_mode & 0o777, copy.stat().st_mode & 0o777) == (0o700, 0o600)
+    assert json.loads(copy.read_bytes())["source"] == str(path.absolute())
+    other = path.with_name("other.json")  # another file: another copy, never this one
+    other.write_bytes(with_coworkers(7))
+    FileDirectory(other, keep_in=kept)
+    assert len(list(kept.iterdir())) == 2
+    other.write_bytes(b"{")
+    with pytest.raises(ValueError, match="truncated"):
+        FileDirectory(other, keep_in=kept.with_name("elsewhere"))  # no copy there
+
+
+def test_a_folder_not_ours_alone_is_not_used(path: Path, kept: Path, logged: list[logging.LogRecord]) -> None:
+    """A copy says who may be impersonated: one in a folder others may write in could have been planted."""
+    FileDirectory(path, keep_in=kept)
+    kept.chmod(0o777)
+    FileDirectory(path, keep_in=kept)  # nor written to
+    assert f"{kept} is not a folder of this user's alone" in logged[0].getMessage()
+    replace_atomically(path, b"{")
+    with pytest.raises(ValueError, match="truncated"):
+        FileDirectory(path, keep_in=kept)
+
+
+def test_a_folder_that_cannot_be_used_is_said_once_and_the_service_goes_on(
+    path: Path, tmp_path: Path, clock: Clock, logged: list[logging.LogRecord]
+) -> None:
+    """A read-only file system, say: the copy is a convenience, never a reason to stop."""
+    blocked = tmp_path / "a-file"
+    blocked.write_bytes(b"")
+    directory = FileDirectory(path, clock=clock, keep_in=blocked)
+    for coworkers in ((42, 43), (42, 44)):
+        path.write_bytes(with_coworkers(*coworkers))
+        clock.now += CHECK_S
+        assert known(directory, coworkers[1])
+    warnings = [m for _, m in lines(logged) if "no copy of it can be kept" in m]
+    assert warnings == [
+        f"directory file {path}: no copy of it can be kept in {blocked} ({blocked} is not a folder of this user's "
+        "alone); a worker that starts on a bad file will stop instead of serving the last good data"
+    ]
+    assert LastGood(path, blocked).load() is None
 
 
 def production_env(tmp_path: Path, directory_file: Path) -> dict[str, str]:
@@ -483,25 +600,79 @@ def test_sighup_restarts_granians_workers_and_they_read_the_file_again(redis_url
         assert served.process.poll() is None
 
 
-def test_sighup_with_a_bad_file_stops_granian_saying_why(redis_url: str, tmp_path: Path) -> None:
-    """What the check command is for: SIGHUP is a restart, and a worker starting on a bad file stops (there is no
-    last good data in a new process), in one line; granian then exits on the crash loop. Without SIGHUP the same
-    bad file is refused and the running workers keep serving."""
+def test_sighup_with_a_bad_file_keeps_granian_serving_the_last_good_data(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP restarts every worker, and a new worker starts on the bad file: it takes the copy the old workers kept,
+    and says why in one line; granian goes on serving the last good data on every worker."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "run"))  # the workers' runtime folder: this test's
+    (tmp_path / "run").mkdir()
     path = tmp_path / "directory.json"
     path.write_bytes(with_coworkers(42))
     with the_images_command(redis_url, tmp_path, directory_file=str(path), **NO_LIMITS) as served:
         poll("ten 200s in a row for coworker 42", in_a_row(10, lambda: minted(served, 42) == 200), 30, served)
-        replace_atomically(path, encoded({"locations": {"1": {"coworkers": [42], "typo": 1}}}))
+        replace_atomically(path, encoded({"locations": {"1": {"coworkers": [24], "typo": 1}}}))
 
         def refused() -> bool:
             assert minted(served, 42) == 200  # the last good data, served meanwhile
             return "unknown field `typo`" in served.output()
 
         poll("the bad file refused by a running worker", refused, 10, served)
+        old = workers(served)
         os.kill(served.process.pid, signal.SIGHUP)
-        served.process.wait(timeout=60)
-        output = served.output()
-        assert served.process.returncode != 0, output
-        assert "Traceback" not in output
-        said = f'authority: directory file {path}: Object contains unknown field `typo` - at `$.locations["1"]`'
-        assert said in output.splitlines(), output
+
+        def replaced() -> bool:
+            now = workers(served)
+            return len(now) == 2 and not now & old
+
+        poll("two new workers", replaced, 30, served)
+        poll("ten 200s in a row", in_a_row(10, lambda: minted(served, 42) == 200), 30, served)
+        assert minted(served, 24) == 404
+        said = [line for line in served.output().splitlines() if "still serving the last good directory" in line]
+        assert len(said) == 2, served.output()  # one line per new worker
+        assert all('unknown field `typo` - at `$.locations[\\"1\\"]`' in line for line in said), said
+        assert "Traceback" not in served.output()
+        assert served.process.poll() is None
+
+
+# --- SIGHUP under `authority serve` ---------------------------------------------------------------------------
+
+
+def test_sighup_makes_authority_serve_read_the_file_again_keeping_the_last_good_data(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The daemon's reload: a change the stamp cannot see is read on SIGHUP, and a bad file then is refused, said,
+    and the last good data served; the process keeps running. (Under ``--demo`` a hang-up stops it:
+    test_demo_server.)"""
+    path = tmp_path / "directory.json"
+    path.write_bytes(with_coworkers(42))
+    port = free_port()
+    env = production_env(tmp_path, path) | {
+        "AUTHORITY_REDIS_URL": redis_url,
+        "AUTHORITY_REDIS_PREFIX": f"serve{port}:",
+        "AUTHORITY_KEY_STORE": "redis",
+        "AUTHORITY_MINT_RATE_PER_ACTOR": "1000000",
+        "AUTHORITY_MINT_RATE_PER_LOCATION": "1000000",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([str(BIN / "authority"), "serve", "--port", str(port)], cwd=tmp_path, env=env,
+                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+    served = Served(process, port, env, tmp_path / "portal", log)
+    try:
+        wait_until_ready(f"{served.base}{READYZ}", process)
+        assert minted(served, 42) == 200
+        rewrite_in_place_unseen(path, with_coworkers(24))
+        os.kill(process.pid, signal.SIGHUP)
+        poll("a 200 for coworker 24", lambda: minted(served, 24) == 200, 10, served)
+        assert minted(served, 42) == 404
+        replace_atomically(path, encoded({"locations": {"1": {"coworkers": [42], "typo": 1}}}))
+        os.kill(process.pid, signal.SIGHUP)
+        poll("the bad file refused", lambda: "unknown field `typo`" in served.output(), 10, served)
+        assert "still serving the directory read before" in served.output()
+        assert minted(served, 24) == 200
+        assert minted(served, 42) == 404
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -443,6 +443,28 @@ async def test_fifty_concurrent_lookups_of_one_coworker_are_one_request(portal: 
     assert directory.requests == 2
 
 
+async def test_a_fresh_lookup_skips_the_cache_refreshes_it_and_is_still_coalesced(
+    portal: Portal, directory_file: Path, directory_data: dict[str, Any]
+) -> None:
+    """The exchange's re-check: what the portal says now, not what the mint's lookup left in the cache; fifty at
+    once are still one request, and what it answers is what the next (cached) lookup gets."""
+    clock = Clock(1000.0)
+    async with asking(portal.url, cache_s=5, clock=clock) as directory:
+        assert (await directory.coworker("1", 43)) == CoworkerEntry(43, True, False, (Membership("7", "member"),))
+        place = directory_data["locations"]["1"]
+        place["coworkers"] = [c for c in place["coworkers"] if c != 43] + [{"id": 43, "impersonable": False}]
+        write_directory(directory_file, directory_data)
+        cached = await directory.coworker("1", 43)
+        assert cached is not None
+        assert cached.impersonable  # from the cache, as meant
+        portal.source.asked.clear()
+        answers = await asyncio.gather(*(directory.coworker("1", 43, fresh=True) for _ in range(50)))
+        assert {a.impersonable for a in answers if a is not None} == {False}
+        assert portal.source.asked == ["coworker 1 43"]
+        assert await directory.coworker("1", 43) == answers[0]
+        assert portal.source.asked == ["coworker 1 43"]
+
+
 async def test_a_failure_is_shared_by_the_lookups_waiting_for_it_then_forgotten() -> None:
     async with raw_server(respond(502)) as server, asking(server.url) as directory:
         outcomes = await asyncio.gather(*(directory.location("1") for _ in range(20)), return_exceptions=True)
@@ -571,6 +593,26 @@ def test_the_service_mints_through_the_portal_and_answers_503_when_it_cannot(
     assert_problem(down, 503, "unavailable")
     assert down.headers["retry-after"] == "1"
     assert "directory" in down.json()["detail"]
+
+
+def test_the_exchange_asks_afresh_so_a_withdrawal_right_after_the_mint_is_seen(
+    make_stack: Callable[..., Stack], directory_file: Path, directory_data: dict[str, Any]
+) -> None:
+    """With the default cache (5 s): the mint's lookup is in the cache when the coworker opts out, a second later;
+    the exchange does not take it from there (a token lives 60 s: the exchange is the last chance to refuse)."""
+    source = Counted(FileSource(directory_file))
+    with serving(create_app(source)) as url:
+        stack = make_stack(directory_file=None, directory_url=url)
+        assert stack.settings.directory_cache_s == 5
+        with stack.client() as client:
+            token = client.get(STAFF, params={"coworkerId": 43}, headers=stack.bearer("operator", "7")).json()["token"]
+            place = directory_data["locations"]["1"]
+            place["coworkers"] = [c for c in place["coworkers"] if c != 43] + [{"id": 43, "impersonable": False}]
+            write_directory(directory_file, directory_data)
+            body = assert_problem(client.post(EXCHANGE, json={"token": token}), 401, "impersonation-withdrawn")
+            assert "marked not impersonable" in body["detail"]
+            assert_problem(client.post(EXCHANGE, json={"token": token}), 401, "token-replayed")  # spent
+    assert source.asked.count("coworker 1 43") == 3  # the mint, then each exchange: never the cache
 
 
 # --- the contract, written down --------------------------------------------------------------------------------
