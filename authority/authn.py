@@ -3,7 +3,9 @@ strictly, and the middleware that puts the verified ``Caller`` on every request 
 do is ``policy``'s.
 
 Our own access tokens are recognised too, so that an impersonated session presented back to us is told apart
-(403, no nested impersonation) rather than merely failing to verify.
+(403, no nested impersonation) rather than merely failing to verify. One bound to a DPoP key (``cnf.jkt``) is
+accepted only under the ``DPoP`` scheme (RFC 9449 section 7.1); the route that serves it checks the proof
+(``DpopGate.prove``), as the mint and the exchange check theirs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import anyio.to_thread
 import jwt
@@ -21,6 +23,7 @@ from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import ASGIApp
 
+from authority.dpop import DEFAULT_ALGORITHMS
 from authority.keys import KeyManager
 from authority.refusals import InvalidToken, Unauthenticated, Unavailable
 from authority.remembered import Remembered
@@ -53,6 +56,7 @@ class Caller(msgspec.Struct, frozen=True):
     acr: str | None = None
     amr: tuple[str, ...] = ()
     session_id: str | None = None  # for one of our own access tokens: the session it belongs to
+    jkt: str | None = None  # for one of our own DPoP-bound access tokens: the thumbprint of its key (cnf.jkt)
 
 
 class _Unverified(msgspec.Struct):
@@ -69,13 +73,28 @@ def _unverified_issuer(token: str) -> str:
     return issuer
 
 
-def bearer(authorization: str | None) -> str:
+Scheme = Literal["bearer", "dpop"]
+
+
+class WrongDpopScheme(Unauthenticated):
+    """RFC 9449 section 7.1: a DPoP-bound token presented as a bearer, or an unbound one under ``DPoP``; the
+    challenge names the scheme and the algs a proof may use."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        algs = " ".join(sorted(DEFAULT_ALGORITHMS))
+        self.headers["WWW-Authenticate"] = f'DPoP error="invalid_token", error_description="{detail}", algs="{algs}"'
+
+
+def credentials(authorization: str | None) -> tuple[Scheme, str]:
+    """The scheme (``Bearer``, or ``DPoP`` for a DPoP-bound token) and the token of an Authorization header."""
     if not authorization:
         raise Unauthenticated("Authorization: Bearer <token> is required")
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("Authorization must use the Bearer scheme")
-    return token.strip()
+    lowered = scheme.lower()
+    if lowered not in ("bearer", "dpop") or not token.strip():
+        raise Unauthenticated("Authorization must use the Bearer scheme (DPoP for a DPoP-bound session)")
+    return ("dpop" if lowered == "dpop" else "bearer"), token.strip()
 
 
 class JwksSource:
@@ -143,8 +162,19 @@ class Authenticator:
         ``exp`` and at most ``REMEMBER_S``: a portal client calls with the same bearer many times, and a signature
         check costs more than the rest of a mint (measured in bench/). The price: a bearer whose issuer key is
         withdrawn keeps working for up to ``REMEMBER_S``. One entry per token, however it is spelled: segments
-        must be canonical base64url, and an ECDSA signature counts as its low-S twin."""
-        token = bearer(authorization)
+        must be canonical base64url, and an ECDSA signature counts as its low-S twin.
+
+        A DPoP-bound token is refused as a bearer, and the ``DPoP`` scheme refused for any other: checked on every
+        request, remembered or not."""
+        scheme, token = credentials(authorization)
+        caller = await self._caller(token, now)
+        if caller.jkt is not None and scheme != "dpop":
+            raise WrongDpopScheme("this session is bound to a DPoP key: Authorization: DPoP <token>, with a proof")
+        if caller.jkt is None and scheme == "dpop":
+            raise WrongDpopScheme("this token is not bound to a DPoP key: Authorization: Bearer <token>")
+        return caller
+
+    async def _caller(self, token: str, now: int) -> Caller:
         if (remembered := self._verified.get(token, now)) is not None:
             return remembered
         try:
@@ -174,6 +204,7 @@ class Authenticator:
             impersonated=True,
             expires_at=claims.exp,
             session_id=claims.sid,
+            jkt=claims.cnf.jkt if claims.cnf else None,
         )
 
     async def _trusted(self, token: str, header: dict[str, Any], issuer: str, now: int) -> Caller:

@@ -2,7 +2,8 @@
 
 ``verify_proof`` is the pure rule (section 4.3), the clock and the request passed in; ``ProofReplay`` remembers
 each proof's ``jti`` in Redis so it is used once; ``Nonces`` issues and checks the server nonces of section 8
-without storing them. Nothing here is wired into a route: the exchange and the token endpoint call these.
+without storing them; ``DpopGate`` is the service's use of them. ``published_path`` is where every proof's
+``htu`` comes from: the route's path as the metadata publishes it.
 
 The proof is read as strictly as our own tokens (``tokens``): one spelling of each segment, strict JSON, low-S
 ECDSA. What differs is where the key comes from: a proof names its own public key (``jwk``), which is exactly what
@@ -16,12 +17,14 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import jwt
 import msgspec
+from litestar.connection import ASGIConnection
 from redis.asyncio import Redis
 
 from authority.keys.jwk import b64url, thumbprint
@@ -307,13 +310,45 @@ def verify_proof(
         raise InvalidDpopProof(detail, algs=tuple(sorted(algorithms))) from None
 
 
+def published_path(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The path of the route this request reached, as the metadata publishes it (``route_reverse`` of the route's
+    name with its path parameters). The one source of every ``htu`` (the issuer followed by this path): not the
+    request's URL, which holds the ASGI ``root_path`` a proxy put in front, or a spelling the router tolerated."""
+    return connection.app.route_reverse(connection.route_handler.name or "", **connection.path_params)
+
+
+class UseDpopNonceChallenge(UseDpopNonce):
+    """Section 9: a resource server (the mint, a route called with one of our DPoP-bound sessions) asks for its
+    nonce with 401 and a ``DPoP`` challenge; the token endpoint and the exchange keep section 8's 400."""
+
+    status = 401
+
+    def __init__(self, detail: str, *, nonce: str) -> None:
+        super().__init__(detail, nonce=nonce)
+        self.headers["WWW-Authenticate"] = f'DPoP error="use_dpop_nonce", error_description="{detail}"'
+
+
+@contextmanager
+def at_resource_server() -> Iterator[None]:
+    """Inside: a nonce is asked for as a resource server does (``UseDpopNonceChallenge``)."""
+    try:
+        yield
+    except UseDpopNonceChallenge:
+        raise
+    except UseDpopNonce as exc:
+        raise UseDpopNonceChallenge(exc.detail, nonce=exc.headers["DPoP-Nonce"]) from None
+
+
 Mode = Literal["off", "allowed", "required"]
+_ALGS = tuple(sorted(DEFAULT_ALGORITHMS))
 
 
 class DpopGate:
-    """The service's use of DPoP on a request (the mint, the exchange, the token endpoint): ``off`` ignores the
-    header (section 5: a server that does not do DPoP ignores it); ``allowed`` binds when a proof comes;
-    ``required`` refuses a request without one. A proof's ``jti`` is spent here, once per key within its window."""
+    """The service's use of DPoP on a request (the mint, the exchange, the token endpoint, our own bound sessions):
+    ``off`` ignores the header (section 5: a server that does not do DPoP ignores it); ``allowed`` binds when a
+    proof comes; ``required`` refuses a request without one. Whatever the mode, a token that carries a binding
+    (``cnf.jkt``) is accepted only with a proof by that key. A proof's ``jti`` is spent here, once per key within
+    its window. ``path``: ``published_path`` of the request, the issuer put before it here."""
 
     def __init__(self, mode: Mode, replay: ProofReplay, issuer: str, nonces: Nonces | None = None) -> None:
         self.mode = mode
@@ -325,18 +360,44 @@ class DpopGate:
         self, proofs: list[str], *, method: str, path: str, now: int, expected_jkt: str | None = None
     ) -> str | None:
         """The thumbprint of the key the request proves it holds, or None when it proves none and may go unbound.
-        ``expected_jkt``: the key the presented token was bound to at mint; a proof by any other is refused."""
-        if self.mode == "off":
+        ``expected_jkt``: the key the presented token was bound to at mint; only a proof by it is accepted, even
+        with DPoP off (a binding made while it was on still holds)."""
+        if self.mode == "off" and expected_jkt is None:
             return None
+        if not proofs and self.mode != "required" and expected_jkt is None:
+            return None
+        return await self._spent(proofs, method=method, path=path, now=now, expected_jkt=expected_jkt)
+
+    async def prove(self, proofs: list[str], *, method: str, path: str, now: int, access_token: str, jkt: str) -> None:
+        """A request made with one of our DPoP-bound access tokens (section 7.1): one proof by the bound key, for
+        this request, whose ``ath`` hashes that token; whatever the mode. A nonce is asked for as section 9 says."""
+        with at_resource_server():
+            await self._spent(proofs, method=method, path=path, now=now, expected_jkt=jkt, access_token=access_token)
+
+    async def _spent(
+        self,
+        proofs: list[str],
+        *,
+        method: str,
+        path: str,
+        now: int,
+        expected_jkt: str | None,
+        access_token: str | None = None,
+    ) -> str:
+        """The one proof of this request verified and its jti spent: the thumbprint of its key."""
         if not proofs:
-            if self.mode == "required" or expected_jkt is not None:
-                raise InvalidDpopProof("a DPoP proof is required here", algs=tuple(sorted(DEFAULT_ALGORITHMS)))
-            return None
+            raise InvalidDpopProof("a DPoP proof is required here", algs=_ALGS)
         if len(proofs) > 1:
-            raise InvalidDpopProof("one DPoP header, not several", algs=tuple(sorted(DEFAULT_ALGORITHMS)))
+            raise InvalidDpopProof("one DPoP header, not several", algs=_ALGS)
         proof = verify_proof(
-            proofs[0], method=method, url=self._issuer + path, now=now, nonces=self._nonces, expected_jkt=expected_jkt
+            proofs[0],
+            method=method,
+            url=self._issuer + path,
+            now=now,
+            access_token=access_token,
+            nonces=self._nonces,
+            expected_jkt=expected_jkt,
         )
         if not await self._replay.first_use(proof.jti, proof.jkt, proof.replay_ttl(now)):
-            raise InvalidDpopProof("this DPoP proof was already used", algs=tuple(sorted(DEFAULT_ALGORITHMS)))
+            raise InvalidDpopProof("this DPoP proof was already used", algs=_ALGS)
         return proof.jkt

@@ -530,7 +530,8 @@ class Authority:
         )
         if not active:
             return Introspection(active=False)
-        return Introspection(active=True, token_type="Bearer", **msgspec.structs.asdict(claims))  # noqa: S106
+        token_type = "DPoP" if claims.cnf else "Bearer"  # RFC 9449 section 6.2: the scheme to present it with
+        return Introspection(active=True, token_type=token_type, **msgspec.structs.asdict(claims))
 
 
 def _replayed(who: dict[str, str], sid: str, *, revoked_now: bool) -> TokenReplayed:

@@ -18,8 +18,8 @@ from litestar.status_codes import HTTP_200_OK
 from litestar.types import ControllerRouterHandler
 
 from authority import policy, token_endpoint
-from authority.authn import ID, Caller
-from authority.dpop import DEFAULT_ALGORITHMS
+from authority.authn import ID, Caller, credentials
+from authority.dpop import DEFAULT_ALGORITHMS, UseDpopNonceChallenge, at_resource_server, published_path
 from authority.impersonation import Authority, BulkRevocation, Introspection, Revocation, SessionEnd, SessionGrant
 from authority.problems import PROBLEM_BASE, refusal_of
 from authority.refusals import (
@@ -32,6 +32,7 @@ from authority.refusals import (
     ImpersonationDisabled,
     ImpersonationWithdrawn,
     InsufficientUserAuthentication,
+    InvalidDpopProof,
     InvalidRequest,
     InvalidToken,
     MethodNotAllowed,
@@ -187,6 +188,14 @@ class BulkRevocationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=T
     subject: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)] | None = None
 
 
+async def minters_key(request: Request[Caller, None, State], authority: Authority) -> str | None:
+    """The DPoP key the minter proves it holds, if any. The mint is called with a bearer, as a resource server is:
+    a nonce is asked for with 401 and a challenge (RFC 9449 section 9), not the token endpoint's 400."""
+    with at_resource_server():
+        proofs = request.headers.getall("dpop", [])
+        return await authority.proven_key(proofs, method="GET", path=published_path(request))
+
+
 def once(request: Request[Any, Any, Any], *names: str) -> None:
     """Each of these query parameters at most once: a request means one thing or is refused."""
     for name in names:
@@ -210,7 +219,9 @@ class Status(msgspec.Struct, frozen=True):
 
 
 # What the metadata promises, from the modules that enforce it: the document never promises what the server refuses.
-CLIENT_AUTH_METHODS = ("client_secret_basic", "private_key_jwt")
+# "none" (RFC 7591 section 2, a client without credentials): an impersonation token alone is redeemed so, the token
+# being the credential; the one-step flow needs one of the others.
+CLIENT_AUTH_METHODS = ("none", "client_secret_basic", "private_key_jwt")
 _TEMPLATE = "an RFC 6570 URI template (level 1): fill in {%s}"
 
 
@@ -276,7 +287,7 @@ class MintController(Controller):
             raise InvalidRequest("coworkerId must be given exactly once")
         once(request, "reason", "ticket")
         why = policy.justification(reason, ticket)
-        jkt = await authority.proven_key(request.headers.getall("dpop", []), method="GET", path=request.url.path)
+        jkt = await minters_key(request, authority)
         return MintResponse(await authority.mint_for_staff(request.user, parse_id(coworkerId), why, jkt=jkt))
 
     @get(
@@ -296,7 +307,7 @@ class MintController(Controller):
     ) -> MintResponse:
         once(request, "reason", "ticket")
         why = policy.justification(reason, ticket)
-        jkt = await authority.proven_key(request.headers.getall("dpop", []), method="GET", path=request.url.path)
+        jkt = await minters_key(request, authority)
         return MintResponse(await authority.mint_for_team_admin(request.user, parse_id(coworkerId), why, jkt=jkt))
 
     @get(
@@ -436,10 +447,22 @@ async def token(request: Request[Any, Any, State], endpoint: TokenEndpointDep) -
     security=BEARER,
     guards=[policy.own_session],
     summary="End this impersonated session (the portal's stop-impersonating button)",
-    responses=problems(Unauthenticated, Forbidden, SessionNotFound, Unavailable),
+    responses=problems(
+        Unauthenticated, InvalidDpopProof, UseDpopNonceChallenge, Forbidden, SessionNotFound, Unavailable
+    ),
 )
 async def end_current(request: Request[Caller, None, State], authority: AuthorityDep) -> SessionEnd:
-    """The one route an impersonated session's own bearer may call."""
+    """The one route an impersonated session's own bearer may call; a DPoP-bound one with a proof of its key."""
+    if request.user.jkt is not None:
+        _, access_token = credentials(request.headers.get("authorization"))
+        await authority.dpop.prove(
+            request.headers.getall("dpop", []),
+            method=request.method,
+            path=published_path(request),
+            now=int(authority.clock()),
+            access_token=access_token,
+            jkt=request.user.jkt,
+        )
     return await authority.end_current(request.user)
 
 
@@ -461,7 +484,7 @@ async def exchange(
         check_unique_names(await request.body())
     except ValueError as exc:
         raise InvalidRequest(f"the body is ambiguous: {exc}") from None
-    return await authority.exchange(data.token, proofs=request.headers.getall("dpop", []), path=request.url.path)
+    return await authority.exchange(data.token, proofs=request.headers.getall("dpop", []), path=published_path(request))
 
 
 @route(

@@ -21,7 +21,7 @@ import hmac
 import time
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote_plus
 
 import jwt
 import msgspec
@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 
 from authority import policy
 from authority.authn import ID, Authenticator
+from authority.dpop import published_path
 from authority.impersonation import Authority, SessionGrant
 from authority.refusals import (
     InvalidDpopProof,
@@ -133,10 +134,10 @@ class TokenEndpoint:
         if form.subject_token_type == JWT_TOKEN_TYPE:
             if form.actor_token:
                 raise InvalidRequest("an impersonation token is redeemed alone: no actor_token with it")
-            grant = await self._authority.exchange(form.subject_token, proofs=proofs, path=TOKEN_PATH)
+            grant = await self._authority.exchange(form.subject_token, proofs=proofs, path=published_path(request))
         elif form.subject_token_type == COWORKER_TOKEN_TYPE:
             await self._authenticate_client(request, form)
-            grant = await self._one_step(form, proofs)
+            grant = await self._one_step(form, proofs, published_path(request))
         else:
             raise InvalidRequest(f"subject_token_type: {JWT_TOKEN_TYPE} or {COWORKER_TOKEN_TYPE}")
         return TokenResponse(
@@ -147,7 +148,7 @@ class TokenEndpoint:
             session_id=grant.session_id,
         )
 
-    async def _one_step(self, form: TokenRequest, proofs: list[str]) -> SessionGrant:
+    async def _one_step(self, form: TokenRequest, proofs: list[str], path: str) -> SessionGrant:
         """Mint as the actor (its bearer verified like any caller's), then redeem at once, with one DPoP key."""
         if not form.actor_token or form.actor_token_type not in ACTOR_TOKEN_TYPES:
             raise InvalidRequest(f"actor_token with actor_token_type {JWT_TOKEN_TYPE} is required")
@@ -155,7 +156,7 @@ class TokenEndpoint:
             raise InvalidRequest("subject_token must be a coworker id (a positive integer)")
         caller = await self._authenticator.authenticate(f"Bearer {form.actor_token}", self._authenticator.now())
         why = policy.justification(form.reason, form.ticket)
-        jkt = await self._authority.proven_key(proofs, method="POST", path=TOKEN_PATH)
+        jkt = await self._authority.proven_key(proofs, method="POST", path=path)
         coworker_id = int(form.subject_token or "0")
         if caller.role in policy.STAFF_ROLES:
             token = await self._authority.mint_for_staff(caller, coworker_id, why, jkt=jkt)
@@ -175,13 +176,15 @@ class TokenEndpoint:
         raise ClientAuthFailed("this flow needs client authentication (client_secret_basic or private_key_jwt)")
 
     def _basic(self, header: str) -> TokenClient:
+        """RFC 6749 section 2.3.1: the id and the secret are each form-encoded before they are joined by ':', so a
+        '+' in either is a space and '%2B' a plus."""
         scheme, _, encoded = header.partition(" ")
         try:
             client_id, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             raise ClientAuthFailed("Authorization: Basic with client_id:client_secret") from None
-        client = self._clients.get(unquote(client_id))
-        given = hashlib.sha256(unquote(secret).encode()).hexdigest()
+        client = self._clients.get(unquote_plus(client_id))
+        given = hashlib.sha256(unquote_plus(secret).encode()).hexdigest()
         if scheme.lower() != "basic" or client is None or client.client_secret_sha256 is None:
             raise ClientAuthFailed("unknown client, or not one that authenticates with a secret")
         if not hmac.compare_digest(given, client.client_secret_sha256):

@@ -80,7 +80,9 @@ def test_authlib_validates_the_rfc_8414_document(https: TestClient[Any]) -> None
     meta = document(https)
     AuthorizationServerMetadata(meta).validate()
     assert meta["grant_types_supported"] == ["urn:ietf:params:oauth:grant-type:token-exchange"]
-    assert meta["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "private_key_jwt"]
+    # "none": an impersonation token is redeemed without client authentication (flow a); the one-step flow (b)
+    # needs one of the others
+    assert meta["token_endpoint_auth_methods_supported"] == ["none", "client_secret_basic", "private_key_jwt"]
     assert meta["introspection_endpoint_auth_methods_supported"] == ["Bearer"]  # a trusted issuer's bearer
     assert {"ES256", "EdDSA", "PS256", "RS256"} == set(meta["dpop_signing_alg_values_supported"])
     assert "none" not in meta["token_endpoint_auth_signing_alg_values_supported"]
