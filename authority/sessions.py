@@ -143,12 +143,13 @@ class SessionTrail:
     async def page(
         self, index: str, *, cursor: str | None, limit: int, now: int, keep: Callable[[Entry], bool] | None = None
     ) -> Page:
-        """Newest first, after ``cursor``; ``keep`` (an ``Entry`` predicate) filters, reading at most
-        ``SCAN_LIMIT`` index entries, so a page may come short with a ``next`` to go on from."""
+        """Newest first, after ``cursor``, none older than the retention at ``now`` (whether or not a later
+        ``record`` has trimmed it yet); ``keep`` (an ``Entry`` predicate) filters, reading at most ``SCAN_LIMIT``
+        index entries, so a page may come short with a ``next`` to go on from."""
         upper = f"({decode_cursor(cursor)}" if cursor else "+"
-        members = cast(
-            list[bytes], await self._redis.zrevrangebylex(index, upper, "-", start=0, num=SCAN_LIMIT if keep else limit)
-        )
+        lower = f"[{member(max(0, now - self.retention_s), '')}"
+        scan = SCAN_LIMIT if keep else limit
+        members = cast(list[bytes], await self._redis.zrevrangebylex(index, upper, lower, start=0, num=scan))
         names = [m.decode() for m in members]
         entries = await self._entries([n.partition(":")[2] for n in names], now)
         items: list[Entry] = []
@@ -159,7 +160,7 @@ class SessionTrail:
                 items.append(found)
                 if len(items) == limit:
                     break
-        more = len(items) == limit or len(names) == (SCAN_LIMIT if keep else limit)
+        more = len(items) == limit or len(names) == scan
         return Page(items, encode_cursor(last) if last and more else None)
 
     async def _entries(self, sids: Sequence[str], now: int) -> list[Entry | None]:
