@@ -527,6 +527,8 @@ class Authority:
             actor=caller.subject,
             sid=claims.sid,
             reason=None if active else (session.state if session else "no-session"),
+            why=claims.reason,  # the session's reason and ticket, as in its every audit event
+            ticket=claims.ticket,
         )
         if not active:
             return Introspection(active=False)
