@@ -3,6 +3,7 @@ a unix socket, a 3-node Cluster, and a Sentinel-watched primary whose death must
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,11 +13,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import redis
 from litestar.testing import TestClient
 
+from authority import sessions
 from authority.connection import parse_sentinel_url
 from authority.embedded import EmbeddedRedis, free_port, server_binary
 from authority.events.outbox import outbox_stream
@@ -35,6 +38,7 @@ from tests.helpers import (
     decode_unverified,
     revoke,
 )
+from tests.test_accountability import RACING, page_while_inserting, race_a_bulk_revocation
 
 NOT_SPENT = "the token was not spent"  # what a 503 says when the exchange was refused before consuming
 NOBODY = [{"url": "http://127.0.0.1:9/events", "audience": "portal"}]  # a receiver configured, never reached
@@ -185,6 +189,25 @@ def test_the_sessions_trail_on_cluster(make_stack: Callable[..., Stack], cluster
         mine = client.get(MY_IMPERSONATIONS, headers=stack.bearer("customer", "42")).json()["items"]
         assert [i["session_id"] for i in mine] == [grants[2]["session_id"], grants[0]["session_id"]]
         assert client.post(REVOKE_ALL, json={"actor": "7"}, headers=admin).json() == {"revoked": 2}
+
+
+def test_a_bulk_revocation_racing_100_exchanges_on_cluster(
+    make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis]
+) -> None:
+    """The race of test_accountability on a 3-node Cluster: the trail, its indexes and each session's record on
+    slots of their own, no command spanning two."""
+    stack = make_stack(redis_url=cluster[0].url, redis_cluster=True, key_store="redis", **RACING)
+    asyncio.run(race_a_bulk_revocation(stack))
+
+
+def test_pages_are_stable_while_sessions_are_added_on_cluster(
+    make_stack: Callable[..., Stack], cluster: list[EmbeddedRedis]
+) -> None:
+    stack = make_stack(redis_url=cluster[0].url, redis_cluster=True, key_store="redis", **RACING)
+    asyncio.run(page_while_inserting(stack))
+    with patch.object(sessions, "SCAN_LIMIT", 4):  # a filter past the scan limit
+        _, _, short = asyncio.run(page_while_inserting(stack, query={"actor": "7", "subject": "42"}, existing=12))
+    assert short
 
 
 class SentinelSetup:
