@@ -166,11 +166,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         in force: an operator fixes them all in one go."""
         v = {name: f"{PREFIX}{name.upper()}={getattr(self, name)}" for name in msgspec.structs.asdict(self)}
         broken = []
-        if self.issuer is not None and (not self.issuer or self.issuer.endswith("/")):
-            broken.append(
-                f"{PREFIX}ISSUER={self.issuer!r} must be a URL without a trailing '/': it is the iss of every token, "
-                "and consumers compare it as typed"
-            )
+        if self.issuer is not None:
+            broken += self._issuer_rules_broken(self.issuer)
         if self.session_ttl_s > self.session_max_ttl_s:
             broken.append(f"{v['session_ttl_s']} must not exceed {v['session_max_ttl_s']}")
         if self.key_prepublish_s < self.jwks_max_age_s:
@@ -188,6 +185,28 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         broken += self._directory_rules_broken()
         broken += self._event_rules_broken()
         return broken
+
+    def _issuer_rules_broken(self, issuer: str) -> list[str]:
+        """The issuer is the public https URL consumers know the service by, as typed: the ``iss`` of every token,
+        the base of every URL published, the URL a DPoP proof names. Plain http only where it cannot be a public
+        name: a loopback address, ``localhost``, or an RFC 6761 name (``.localhost``, ``.test``); under --demo,
+        anywhere (a trial on a private network)."""
+        var = f"{PREFIX}ISSUER={issuer!r}"
+        if not issuer or issuer.endswith("/"):
+            return [f"{var} must be a URL without a trailing '/': it is the iss of every token, and consumers compare "
+                    "it as typed"]  # fmt: skip
+        try:
+            parts = urlsplit(issuer)
+            shaped = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number, a bracketed host that is not IPv6
+            shaped = False
+        if not shaped or parts.query or parts.fragment or parts.username is not None:
+            return [f"{var} must be an absolute https URL (https://host[:port][/path]), without query, fragment or "
+                    "credentials: it is the iss of every token and the base of every URL published"]  # fmt: skip
+        if parts.scheme == "http" and not self.demo and not _local_name(parts.hostname or ""):
+            return [f"{var} must be https: plain http only on a loopback address or a .test or .localhost name "
+                    "(and anywhere under --demo)"]  # fmt: skip
+        return []
 
     def _directory_rules_broken(self) -> list[str]:
         """The directory is a file or the portal's API, not both; what is sent to the portal goes as configured."""
@@ -260,6 +279,13 @@ def _loopback(host: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _local_name(host: str) -> bool:
+    """A host no public issuer can be named by: a loopback address, ``localhost``, or a name RFC 6761 keeps out of
+    the public DNS for local and test use (``.localhost``, ``.test``)."""
+    host = host.lower().rstrip(".")
+    return _loopback(host) or host.endswith((".localhost", ".test"))
 
 
 def missing_to_serve(values: Mapping[str, object]) -> list[str]:

@@ -59,6 +59,58 @@ def test_an_issuer_is_used_as_typed_or_refused(issuer: str) -> None:
         load({"AUTHORITY_ISSUER": issuer})
 
 
+@pytest.mark.parametrize(
+    "issuer",
+    ["authority.example", "/authority", "ftp://authority.example", "https:authority.example", "https:///tenant",
+     "https://authority.example?tenant=1", "https://authority.example#top", "https://user:pw@authority.example",
+     "https://authority.example:port", "https://[::1"],
+)  # fmt: skip
+def test_an_issuer_that_is_not_an_absolute_url_is_refused_naming_the_variable(issuer: str) -> None:
+    """Every token's iss and the base of every published URL: a host name alone, a path, another scheme, a query,
+    credentials were all accepted, and became the iss of every token."""
+    with pytest.raises(SettingsError) as refused:
+        load({"AUTHORITY_ISSUER": issuer})
+    assert str(refused.value).splitlines() == [
+        f"AUTHORITY_ISSUER={issuer!r} must be an absolute https URL (https://host[:port][/path]), without query, "
+        "fragment or credentials: it is the iss of every token and the base of every URL published"
+    ]
+
+
+@pytest.mark.parametrize(
+    "issuer", ["http://authority.example", "http://10.0.0.5:8000", "http://authority.example.com/t"]
+)
+def test_a_plain_http_issuer_is_refused_outside_loopback_and_demo(issuer: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load({"AUTHORITY_ISSUER": issuer})
+    assert str(refused.value).splitlines() == [
+        f"AUTHORITY_ISSUER={issuer!r} must be https: plain http only on a loopback address or a .test or .localhost "
+        "name (and anywhere under --demo)"
+    ]
+    assert load({"AUTHORITY_ISSUER": issuer}, demo=True).issuer == issuer  # a trial on a private network
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["https://authority.example", "https://authority.example:8443/tenant", "http://127.0.0.1:8000", "http://[::1]:8000",
+     "http://localhost:8000", "http://authority.test", "http://app.localhost"],
+)  # fmt: skip
+def test_an_https_issuer_or_a_local_http_one_is_accepted_as_typed(issuer: str) -> None:
+    assert load({"AUTHORITY_ISSUER": issuer}).public_issuer == issuer
+
+
+def test_a_plain_http_issuer_stops_the_service_in_one_line(tmp_path: Path) -> None:
+    """At the entry point granian and uvicorn load: one line naming the variable, no traceback, exit 2."""
+    env = serving_env(tmp_path, "redis://127.0.0.1:1/0", "never:", free_port(), AUTHORITY_KEY_PASSPHRASE=PASSPHRASE,
+                      AUTHORITY_ISSUER="http://authority.example.com")  # fmt: skip
+    command = [str(BIN / "python"), "-c", "import authority.asgi"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        "authority: AUTHORITY_ISSUER='http://authority.example.com' must be https: plain http only on a loopback "
+        "address or a .test or .localhost name (and anywhere under --demo)"
+    ]
+
+
 def test_overrides_win_over_the_environment() -> None:
     assert load({"AUTHORITY_PORT": "9000"}, port=9100).port == 9100
     assert load({}, demo=True).demo is True
