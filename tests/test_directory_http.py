@@ -1,5 +1,7 @@
-"""The directory as the portal's HTTP API: the reference adapter on a real loopback socket, and small misbehaving
-servers (slow, failing, garbage, endless) written here, since a portal fails in ways no adapter should copy.
+"""The directory as the portal's HTTP API: the reference adapter on a real loopback socket (over mutual TLS too,
+with a CA and certificates made here), and small misbehaving servers (slow, failing, garbage, endless) written
+here, since a portal fails in ways no adapter should copy; through the service, each of them a 503 that writes
+nothing to Redis.
 
 Nothing is mocked: ``HttpDirectory`` sends real requests with its real client. Time in the cache tests is a clock
 the test moves, so a TTL is checked exactly, whatever the machine's load.
@@ -8,6 +10,8 @@ the test moves, so a TTL is checked exactly, whatever the machine's load.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import logging
 import os
@@ -28,18 +32,34 @@ import httpx
 import jsonschema_rs
 import msgspec
 import pytest
+import redis
 import uvicorn
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from litestar import Litestar
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from authority.directory import CoworkerEntry, LocationEntry, Membership
 from authority.directory_file import DEMO_DIRECTORY
-from authority.directory_http import HttpDirectory
+from authority.directory_http import HttpDirectory, tls_context
 from authority.embedded import free_port
 from authority.refusals import Unavailable
 from examples.portal_adapter import SCHEMA, FileSource, SqliteSource, create_app
-from tests.helpers import EXCHANGE, ROOT, STAFF, Clock, Stack, assert_problem, collected, wait_until_ready
+from tests.helpers import (
+    EXCHANGE,
+    ROOT,
+    STAFF,
+    Clock,
+    Stack,
+    assert_problem,
+    collected,
+    direct_redis,
+    team,
+    wait_until_ready,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 CONTRACT = ROOT / "docs" / "directory-api.yaml"
@@ -613,6 +633,222 @@ def test_the_exchange_asks_afresh_so_a_withdrawal_right_after_the_mint_is_seen(
             assert "marked not impersonable" in body["detail"]
             assert_problem(client.post(EXCHANGE, json={"token": token}), 401, "token-replayed")  # spent
     assert source.asked.count("coworker 1 43") == 3  # the mint, then each exchange: never the cache
+
+
+@contextmanager
+def raw_server_in_a_thread(answer: Answer) -> Iterator[RawServer]:
+    """``raw_server`` on an event loop of its own, for a service called through the (blocking) test client."""
+    loop = asyncio.new_event_loop()
+    started: asyncio.Future[RawServer] = loop.create_future()
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        async with raw_server(answer) as server:
+            started.set_result(server)
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), name="raw-portal", daemon=True)
+    thread.start()
+    try:
+        yield asyncio.run_coroutine_threadsafe(asyncio.wait_for(asyncio.shield(started), 10), loop).result()
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+def mint_writes(stack: Stack) -> dict[bytes, bytes | None]:
+    """What a mint writes to Redis: allowlist entries (``jti:``) and rate-limit counters (``rate:``), each key with
+    its serialized value, so a counter moved is a change too."""
+    prefix = stack.settings.redis_prefix
+    with direct_redis(stack) as direct:
+        keys = [*direct.scan_iter(f"{prefix}jti:*"), *direct.scan_iter(f"{prefix}rate:*")]
+        return {key: _dumped(direct, key) for key in keys}
+
+
+def _dumped(direct: redis.Redis, key: bytes) -> bytes | None:
+    dumped = direct.dump(key)
+    assert dumped is None or isinstance(dumped, bytes)
+    return dumped
+
+
+async def slow(_: RawServer, writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(3)  # past the service's deadline, then a good answer nobody waits for any more
+    await respond_json({"id": "1", "impersonation": True})(_, writer)
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (slow, "did not answer within 0.5 s"),
+        (respond(200, b"<html>It works!</html>"), "outside its contract"),
+        (respond_json({"id": "1", "impersonation": "yes"}), "outside its contract"),
+        (endless(length=10 * 1024 * 1024), "MAX_ANSWER_BYTES=65536"),
+        (endless(), "MAX_ANSWER_BYTES=65536"),
+    ],
+    ids=["slow", "garbage", "off-contract", "10MB", "endless"],
+)
+def test_a_portal_that_cannot_answer_makes_the_mint_503_and_nothing_is_written(
+    make_stack: Callable[..., Stack], answer: Answer, said: str
+) -> None:
+    """Slow, garbage, oversized: the mint answers 503 with Retry-After, and Redis holds no token and no moved rate
+    counter: the portal is asked before anything is counted or issued."""
+    with raw_server_in_a_thread(answer) as portal:
+        stack = make_stack(directory_file=None, directory_url=portal.url, directory_timeout_s=0.5)
+        with stack.client() as client:
+            before = mint_writes(stack)
+            staff = client.get(STAFF, params={"coworkerId": 43}, headers=stack.bearer("operator", "7"))
+            for refused in (staff, client.get(team(43), headers=stack.bearer("team-admin", "5"))):
+                body = assert_problem(refused, 503, "unavailable")
+                assert refused.headers["retry-after"] == "1"
+                assert said in body["detail"]
+            assert mint_writes(stack) == before == {}
+    assert portal.requests >= 1
+
+
+# --- mutual TLS to the portal ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    """A CA, the portal's certificate (for 127.0.0.1) and a client certificate it signed; and a CA of nobody's."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+
+def _issue(
+    folder: Path, name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, usage: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A P-256 certificate for ``name`` (``usage``: ca, server or client), signed by ``issuer`` (None: itself),
+    written to ``folder/name.pem`` with its key in ``folder/name.key``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer_cert, signer_key = issuer if issuer is not None else (None, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer_cert.subject if signer_cert is not None else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=usage == "ca", path_length=None), critical=True)
+    )
+    if usage == "ca":
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    else:
+        purpose = ExtendedKeyUsageOID.SERVER_AUTH if usage == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+        assert signer_cert is not None
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    if usage == "server":
+        names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(signer_key, hashes.SHA256())
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, key
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    ca = _issue(folder, "ca", None, "ca")
+    _issue(folder, "portal", ca, "server")
+    _issue(folder, "authority", ca, "client")
+    _issue(folder, "other-ca", None, "ca")
+    return Pki(
+        ca=folder / "ca.pem",
+        server_cert=folder / "portal.pem",
+        server_key=folder / "portal.key",
+        client_cert=folder / "authority.pem",
+        client_key=folder / "authority.key",
+        other_ca=folder / "other-ca.pem",
+    )
+
+
+@pytest.fixture
+def tls_adapter(directory_file: Path, pki: Pki) -> Iterator[str]:
+    """``python -m examples.portal_adapter`` over HTTPS, requiring a client certificate signed by the CA."""
+    port = free_port()
+    tls = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca)]
+    command = [sys.executable, "-m", "examples.portal_adapter", "--file", str(directory_file), "--port", str(port)]
+    process = subprocess.Popen([*command, *tls], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # listening, as seen by a TCP connect: the TLS itself is what the tests try
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            with closing(socket.socket()) as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "the adapter did not listen"
+            time.sleep(0.05)
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stderr:
+            process.stderr.close()
+
+
+def tls_settings(pki: Pki, *, client: bool = True, ca: Path | None = None) -> dict[str, Any]:
+    return {
+        "directory_tls_ca": str(ca or pki.ca),
+        **({"directory_tls_cert": str(pki.client_cert), "directory_tls_key": str(pki.client_key)} if client else {}),
+    }
+
+
+async def test_mutual_tls_with_the_client_certificate_and_unavailable_without(
+    make_stack: Callable[..., Stack], tls_adapter: str, pki: Pki, outage_records: list[logging.LogRecord]
+) -> None:
+    """The settings' TLS context against a portal that requires a client certificate: the lookups answer with it;
+    without it, or with a portal certificate the configured CA did not sign, the portal cannot be reached (503)."""
+    stack = make_stack(directory_file=None, directory_url=tls_adapter, **tls_settings(pki))
+    async with asking(tls_adapter, tls=tls_context(stack.settings)) as directory:
+        assert await directory.location("1") == LocationEntry("1", True)
+        assert await directory.coworker("1", 42) is not None
+    for refused in (tls_settings(pki, client=False), tls_settings(pki, ca=pki.other_ca)):
+        unset = {"directory_tls_cert": None, "directory_tls_key": None}
+        settings = msgspec.structs.replace(stack.settings, **(unset | refused))
+        async with asking(tls_adapter, tls=tls_context(settings)) as directory:
+            with pytest.raises(Unavailable, match="cannot be reached") as failed:
+                await directory.location("1")
+        assert failed.value.headers["Retry-After"] == "1"
+    causes = [cause for _, cause in outage_lines(outage_records)]
+    assert len(causes) == 2
+    assert all(cause.startswith("directory: ") for cause in causes)
+
+
+def test_the_service_mints_through_mutual_tls_and_503s_without_it(
+    make_stack: Callable[..., Stack], tls_adapter: str, pki: Pki
+) -> None:
+    operator = {"coworkerId": 42}  # the query of a staff mint
+    stack = make_stack(directory_file=None, directory_url=tls_adapter, **tls_settings(pki))
+    with stack.client() as client:
+        minted = client.get(STAFF, params=operator, headers=stack.bearer("operator", "7"))
+        assert minted.status_code == 200, minted.text
+    for refused in (tls_settings(pki, client=False), tls_settings(pki, ca=pki.other_ca)):
+        stack = make_stack(directory_file=None, directory_url=tls_adapter, **refused)
+        with stack.client() as client:
+            down = client.get(STAFF, params=operator, headers=stack.bearer("operator", "7"))
+        body = assert_problem(down, 503, "unavailable")
+        assert down.headers["retry-after"] == "1"
+        assert "cannot be reached" in body["detail"]
+        assert mint_writes(stack) == {}  # nothing minted, nothing counted
 
 
 # --- the contract, written down --------------------------------------------------------------------------------
