@@ -1,5 +1,6 @@
-"""Who may impersonate whom, asked at mint and asked again at exchange, on a live directory file; and RFC 9470
-step-up of the impersonator's own sign-in. Every branch of the policy, through the real app on a real Redis."""
+"""Who may impersonate whom, asked at mint and asked again at exchange, on a live directory: the file, and the
+portal's API (the reference adapter over the same file, on a loopback socket); and RFC 9470 step-up of the
+impersonator's own sign-in. Every branch of the policy, on both backends, through the real app on a real Redis."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from litestar.testing import TestClient
 from authority import demo
 from authority.directory import CoworkerEntry, LocationEntry, Membership
 from authority.directory_file import DEMO_DIRECTORY, FileDirectory
+from authority.directory_http import HttpDirectory
 from authority.policy import broken_rule
+from examples.portal_adapter import FileSource, create_app
 from tests.helpers import EXCHANGE, STAFF, Stack, assert_problem, audit_events, decode_unverified, team
+from tests.test_directory_http import serving
 
 
 @pytest.fixture
@@ -29,9 +33,16 @@ def directory_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def live(make_stack: Callable[..., Stack], directory_file: Path) -> Stack:
-    return make_stack(directory_file=str(directory_file))
+@pytest.fixture(params=["file", "portal"])
+def live(request: pytest.FixtureRequest, make_stack: Callable[..., Stack], directory_file: Path) -> Iterator[Stack]:
+    """The service on the directory file, or on the portal adapter serving that file. The portal's positive cache
+    is the default (the exchange must see past it); "not found" is not cached, so a coworker added is minted for
+    at once, as the file backend's ``reload()`` allows."""
+    if request.param == "file":
+        yield make_stack(directory_file=str(directory_file))
+        return
+    with serving(create_app(FileSource(directory_file))) as url:
+        yield make_stack(directory_file=None, directory_url=url, directory_negative_cache_s=0)
 
 
 @pytest.fixture
@@ -41,16 +52,18 @@ def client(live: Stack) -> Iterator[TestClient[Any]]:
 
 
 def change(client: TestClient[Any], path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
-    """Replace the directory file atomically, as a deploy tool would, and have the service read it now (as SIGHUP
-    does; left alone it reads a changed file within a second)."""
+    """Replace the directory file atomically, as a deploy tool would; the file backend is made to read it now (as
+    SIGHUP does; left alone it reads a changed file within a second), the adapter reads it at its next request."""
     data = json.loads(path.read_text())
     edit(data)
     staged = path.with_suffix(".new")
     staged.write_text(json.dumps(data))
     os.replace(staged, path)
     directory = client.app.state.services.authority.directory
-    assert isinstance(directory, FileDirectory)
-    directory.reload()
+    if isinstance(directory, FileDirectory):
+        directory.reload()
+    else:
+        assert isinstance(directory, HttpDirectory)
 
 
 def audited_rules(stack: Stack) -> list[str]:
