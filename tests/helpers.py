@@ -15,8 +15,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -401,3 +401,13 @@ def poll(what: str, check: Callable[[], Any], seconds: float, served: Served) ->
             return result
         assert time.monotonic() < deadline, f"no {what} within {seconds} s\n{served.output()}"
         time.sleep(0.005)
+
+
+@asynccontextmanager
+async def concurrently_served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on this event loop, its lifespan run, and a client whose requests really run concurrently: each
+    request is the app called in the requesting task. (Litestar's ``AsyncTestClient`` hands each request to a
+    portal thread and blocks the loop until it is answered: its "concurrent" requests run one at a time.)"""
+    transport = httpx.ASGITransport(app=cast(Any, app))  # httpx types an ASGI app more narrowly than Litestar
+    async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+        yield client

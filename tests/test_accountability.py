@@ -31,12 +31,12 @@ from tests.helpers import (
     Stack,
     assert_problem,
     audit_events,
+    concurrently_served,
     decode_unverified,
     direct_redis,
     revoke,
     team,
 )
-from tests.test_sessions import served
 
 OPERATOR = ("operator", "7")
 
@@ -277,7 +277,7 @@ async def race_a_bulk_revocation(stack: Stack, clients: int = 8) -> list[str]:
     (whenever its token was spent); nothing it found escapes it, and nothing else is touched."""
     operator, admin = stack.bearer(*OPERATOR), stack.bearer("admin", "1")
     app = create_app(stack.settings)
-    async with served(app) as client:
+    async with concurrently_served(app) as client:
         tokens = []
         for n in range(100):
             minted = await client.get(STAFF, params={"coworkerId": 42 + n % 2}, headers=operator)
@@ -402,7 +402,7 @@ async def page_while_inserting(
     (alternately for 42 and 43) none is repeated or skipped, newest first, and that nothing is listed twice. The
     ids listed, the ids inserted meanwhile, and how many pages came short of ``limit`` with a cursor."""
     operator, admin = stack.bearer(*OPERATOR), stack.bearer("admin", "1")
-    async with served(create_app(stack.settings)) as client:
+    async with concurrently_served(create_app(stack.settings)) as client:
 
         async def open_session(coworker: int) -> str:
             minted = await client.get(STAFF, params={"coworkerId": coworker}, headers=operator)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
 from authority.app import create_app
-from tests.helpers import EXCHANGE, STAFF, Stack
+from tests.helpers import EXCHANGE, STAFF, Stack, concurrently_served
 
 pytestmark = pytest.mark.anyio
 
@@ -20,14 +18,12 @@ def anyio_backend() -> str:
 
 
 async def test_fifty_concurrent_exchanges_of_one_token_yield_exactly_one_session(stack: Stack) -> None:
-    async with AsyncTestClient(create_app(stack.settings)) as client:
+    """The fifty are in flight at once on one event loop (``concurrently_served``), so their consume scripts meet
+    in Redis as a burst of real racing requests would."""
+    async with concurrently_served(create_app(stack.settings)) as client:
         minted = await client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7"))
         token = minted.json()["token"]
-
-        async def exchange() -> Any:
-            return await client.post(EXCHANGE, json={"token": token})
-
-        responses = await asyncio.gather(*(exchange() for _ in range(50)))
+        responses = await asyncio.gather(*(client.post(EXCHANGE, json={"token": token}) for _ in range(50)))
 
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] + [401] * 49

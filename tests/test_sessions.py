@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from authority.app import create_app
-from tests.helpers import EXCHANGE, INTROSPECT, STAFF, Stack, assert_problem, direct_redis, mint, revoke, team
+from tests.helpers import (
+    EXCHANGE,
+    INTROSPECT,
+    STAFF,
+    Stack,
+    assert_problem,
+    concurrently_served,
+    direct_redis,
+    mint,
+    revoke,
+    team,
+)
 
 
 def introspect(client: TestClient[Any], stack: Stack, token: str) -> dict[str, Any]:
@@ -150,16 +158,6 @@ def test_an_impersonated_session_cannot_revoke(client: TestClient[Any], stack: S
     assert_problem(client.post(revoke(s["session_id"]), headers=nested), 403, "nested-impersonation")
 
 
-@asynccontextmanager
-async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on this event loop, its lifespan run, and a client whose requests really run concurrently: each
-    request is the app called in the requesting task. (Litestar's ``AsyncTestClient`` hands each request to a
-    portal thread and blocks the loop until it is answered: its "concurrent" requests run one at a time.)"""
-    transport = httpx.ASGITransport(app=app)
-    async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
-        yield client
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -176,7 +174,7 @@ async def test_thousand_concurrent_exchanges_of_hundred_tokens(make_stack: Calla
         mint_rate_per_actor=1000, mint_rate_per_location=1000, redis_max_connections=2000, redis_timeout_s=30
     )
     operator = stack.bearer("operator", "7")
-    async with served(create_app(stack.settings)) as client:
+    async with concurrently_served(create_app(stack.settings)) as client:
         tokens = []
         for n in range(100):
             minted = await client.get(STAFF, params={"coworkerId": 42 + n % 2}, headers=operator)
