@@ -26,9 +26,10 @@ from redis.asyncio import Redis
 
 from authority import callers, demo, demo_server, directory_file, logs, settings
 from authority.app import create_app
-from authority.connection import connect_redis
+from authority.connection import REDIS_ERRORS, connect_redis
 from authority.events.delivery import entry_time
 from authority.events.outbox import outbox_stream
+from authority.keys import KeyStoreError
 from authority.keys.lifecycle import KeyRecord, state
 from authority.keys.notices import KeyNotices
 from authority.refusals import Refusal
@@ -199,41 +200,69 @@ async def _tail(
 
 
 async def _other_store_holds_keys(config: settings.Settings, redis: Redis) -> str | None:
-    """The store this configuration does not use, if it holds key records: the sign of a command pointed at the
-    wrong one (the default file store, say, beside a deployment whose keys live in Redis)."""
+    """The store this configuration does not use, if it holds key records (or files it cannot read as such): the
+    sign of a command pointed at the wrong one (the default file store, say, beside a deployment whose keys live in
+    Redis), or of a store left behind by a move to the other."""
     other = msgspec.structs.replace(config, key_store="redis" if config.key_store == "file" else "file")
     store = key_store(other, redis)
-    return str(store) if await store.load() else None
+    try:
+        found = await store.load()
+    except (KeyStoreError, PermissionError):  # key files it cannot read: still something there, said as such
+        return f"{store} (unreadable key files)"
+    return f"{store} ({_keys_count(len(found))})" if found else None
 
 
-async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> int:
-    """Acts on the store the settings name, and says which; refuses to create keys in an empty store while the
-    other holds some. ``list`` needs no passphrase: it reads records, it unseals nothing."""
+def _keys_count(n: int) -> str:
+    return f"{n} key{'s' if n != 1 else ''}"
+
+
+async def _named_store_records(config: settings.Settings, command: str) -> list[KeyRecord]:
+    """The records of the store the settings name, which is said first. Refused: an empty store while the other
+    holds keys, or (to change keys) while service processes listen on this Redis prefix. Both holding keys: said,
+    with which one the command acts on."""
     redis = connect_redis(config)
     try:
         store = key_store(config, redis)
-        print(f"key store: {store}", file=sys.stderr)
+        print(f"key store: {store} (AUTHORITY_KEY_STORE={config.key_store})", file=sys.stderr)
         records = await store.load()
-        if not records and (elsewhere := await _other_store_holds_keys(config, redis)):
+        try:
+            elsewhere = await _other_store_holds_keys(config, redis)
+        except REDIS_ERRORS:
+            if not records:
+                raise
+            elsewhere = None  # Redis down: the other store is unknown; this one's listing still stands
+        if not records and elsewhere:
             raise settings.SettingsError(
                 f"no keys in {store}, but {elsewhere} holds some: set AUTHORITY_KEY_STORE (and the Redis prefix or "
                 "keys folder) to the deployment's"
             )
-        if (
-            not records
-            and args.keys_command != "list"
-            and (running := await KeyNotices(redis, config.redis_prefix).listening())
-        ):
+        if elsewhere:  # both hold keys: the command acts on the one named, as a service with these settings would
+            print(
+                f"warning: both key stores hold keys: {store} ({_keys_count(len(records))}) and {elsewhere}; "
+                f"acting on {store}, the one AUTHORITY_KEY_STORE={config.key_store} names (a service reads only "
+                "that one): if the service's AUTHORITY_KEY_STORE differs, stop and run this with its settings",
+                file=sys.stderr,
+            )
+        if not records and command != "list" and (running := await KeyNotices(redis, config.redis_prefix).listening()):
             raise settings.SettingsError(
                 f"no keys in {store}, but {running} running service processes share this Redis prefix: their keys "
                 "are elsewhere; set AUTHORITY_KEYS_DIR (or AUTHORITY_KEY_STORE) as the service has it"
             )
     finally:
         await redis.aclose()
+    return records
+
+
+async def _keys_command(config: settings.Settings, args: argparse.Namespace) -> int:
+    """Acts on the store the settings name, and says which (``_named_store_records``). ``list`` needs no
+    passphrase: it reads records, it unseals nothing; ``rotate`` and ``retire`` unseal every record before they
+    write one, so a wrong passphrase changes nothing."""
+    records = await _named_store_records(config, args.keys_command)
     effect, before = None, records
     if args.keys_command != "list":
         services = build(config, log=None)  # audit events go to the stream, not into this table
         try:
+            await services.keys.refresh()  # every record unsealed: a wrong passphrase stops here, nothing written
             if args.keys_command == "rotate":
                 effect = await services.keys.rotate_now(wait_s=APPLIED_WAIT_S)
             elif args.keys_command == "retire":
@@ -356,6 +385,21 @@ def _events_parser(commands: Any, demo_after: argparse.ArgumentParser) -> None:
     events.set_defaults(run=_events)
 
 
+class _KidAndDemo(argparse.Action):
+    """The words after ``keys retire``: one kid, and ``--demo`` on either side of it."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        words = list(values)
+        kids = [word for word in words if word != "--demo"]
+        if len(kids) != 1:
+            parser.error(f"one KID, and --demo if you mean the demo server here (given: {' '.join(words)})")
+        namespace.kid = kids[0]
+        if len(kids) != len(words):  # only ever set: `keys --demo retire KID` was read by the parent
+            namespace.demo = True
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="authority", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -379,11 +423,12 @@ def parser() -> argparse.ArgumentParser:
         parents=[demo_after],
         help="bring the standby forward: it signs once published for the pre-publish time",
     )
-    # A kid is base64url and may begin with "-": nothing after `retire` is read as an option (no "-h" there either).
+    # A kid is base64url and may begin with "-": nothing after `retire` is read as an option (no "-h" there either)
+    # but `--demo`, before or after the kid (a kid is a 43-character thumbprint, never that word).
     retire = actions.add_parser(
         "retire", help="emergency: KID leaves the JWKS at once, the standby signs in its place", prefix_chars="+"
     )
-    retire.add_argument("kid")
+    retire.add_argument("kid", nargs="+", action=_KidAndDemo, metavar="KID", help="the key's kid, [--demo] around it")
     keys.set_defaults(run=_keys)
     audit = commands.add_parser("audit", help="read the audit stream")
     audit.add_argument("--demo", action="store_true", help="read the stream of a running `serve --demo` here")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from authority.cli import main, parser
-from authority.embedded import free_port
+from authority.embedded import EmbeddedRedis, free_port
+from authority.keys import FileKeyStore
+from authority.keys.keyring import new_record
 from tests.helpers import PASSPHRASE, Stack
 
 
@@ -139,10 +145,91 @@ def test_a_command_pointed_at_the_wrong_store_refuses_instead_of_making_keys(
 @pytest.mark.parametrize(
     ("argv", "demo"),
     [(["keys", "--demo", "list"], True), (["keys", "list", "--demo"], True), (["keys", "list"], False),
-     (["audit", "tail", "--demo"], True), (["audit", "--demo", "tail"], True), (["keys", "rotate", "--demo"], True)],
+     (["audit", "tail", "--demo"], True), (["audit", "--demo", "tail"], True), (["keys", "rotate", "--demo"], True),
+     (["keys", "retire", "KID", "--demo"], True), (["keys", "retire", "--demo", "KID"], True),
+     (["keys", "--demo", "retire", "KID"], True), (["keys", "retire", "KID"], False)],
 )  # fmt: skip
 def test_demo_is_read_before_or_after_the_action(argv: list[str], demo: bool) -> None:
     assert parser().parse_args(argv).demo is demo
+
+
+@pytest.mark.parametrize("argv", [["keys", "retire"], ["keys", "retire", "--demo"], ["keys", "retire", "a", "b"]])
+def test_retire_takes_exactly_one_kid(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parser().parse_args(argv)
+    assert refused.value.code == 2
+    assert "KID" in capsys.readouterr().err
+
+
+def test_retire_with_demo_after_the_kid_acts_on_the_demo_server(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    private_redis: EmbeddedRedis,
+) -> None:
+    """`keys retire KID --demo`, as `keys list --demo` is written: it was read as a second kid and refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".authority").mkdir()
+    (tmp_path / ".authority" / "redis.url").write_text(private_redis.url)  # as a running `serve --demo` leaves it
+    first = keys(capsys, "rotate", "--demo")
+    (standby,) = [kid for kid, state in first.items() if state == "pending"]
+    after = keys(capsys, "retire", standby, "--demo")
+    assert after[standby] == "revoked"
+
+
+def sealed_file_key(keys_dir: Path) -> str:
+    now = int(time.time())
+    record = new_record("ES256", PASSPHRASE, now=now, activates_at=now)
+    asyncio.run(FileKeyStore(keys_dir).save([record]))
+    return record.kid
+
+
+@pytest.mark.usefixtures("env")
+def test_both_stores_holding_keys_are_named_and_the_one_acted_on_is_the_one_configured(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Keys in Redis (the deployment's) and a key set left in the keys folder (a move from the file store, say):
+    every command names both and acts on the one AUTHORITY_KEY_STORE names, as the service does; the other is left
+    as it was. A warning, not a refusal: after a move, the old folder is there until someone deletes it, and the
+    service itself reads only the store it is configured with."""
+    in_redis = keys(capsys, "rotate")
+    in_file = sealed_file_key(tmp_path / "keys")
+    folder = str((tmp_path / "keys").absolute())
+    assert main(["keys", "rotate"]) == 0
+    out, err = capsys.readouterr()
+    warning = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1, err
+    assert re.match(r"warning: both key stores hold keys: redis hash cli\w+:keys \(2 keys\) and ", warning[0])
+    assert f"and {folder} (1 key); acting on redis hash " in warning[0]
+    assert "the one AUTHORITY_KEY_STORE=redis names" in warning[0]
+    assert in_file not in out  # the table is the Redis store's
+    assert set(in_redis) <= {row.split()[0] for row in out.splitlines()[1:]}
+    assert [p.stem for p in (tmp_path / "keys").glob("*.json")] == [in_file]  # the folder untouched
+
+    monkeypatch.setenv("AUTHORITY_KEY_STORE", "file")
+    listed = keys(capsys, "list")
+    assert list(listed) == [in_file]
+    assert main(["keys", "list"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: both key stores hold keys: {folder} (1 key) and redis hash " in err
+    assert f"acting on {folder}, the one AUTHORITY_KEY_STORE=file names" in err
+
+
+@pytest.mark.usefixtures("env")
+def test_a_wrong_passphrase_changes_nothing_in_the_store(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    """`rotate` with a wrong passphrase used to seal a new standby with it before failing on the old keys: the
+    store then held keys under two passphrases, and the next start with the right one failed on the new key."""
+    keys(capsys, "rotate")
+    stored = f"{os.environ['AUTHORITY_REDIS_PREFIX']}keys"
+    with redis.Redis.from_url(redis_url) as direct:
+        before = direct.hgetall(stored)
+        monkeypatch.setenv("AUTHORITY_KEY_PASSPHRASE", "wrong")
+        for command in (["rotate"], ["retire", next(iter(before)).decode()]):
+            assert main(["keys", *command]) == 2
+            assert "wrong AUTHORITY_KEY_PASSPHRASE" in capsys.readouterr().err
+            assert direct.hgetall(stored) == before
 
 
 def test_rotate_refuses_an_empty_keys_folder_beside_a_running_service(
