@@ -242,6 +242,33 @@ def test_the_systemd_recipe_runs_the_images_command_with_a_metrics_folder_per_in
     assert ["ProtectSystem", "strict"] in settings
 
 
+def test_the_systemd_recipes_environment_file_is_a_complete_configuration() -> None:
+    """docs/operations.md's authority.env, with the unit's AUTHORITY_KEYS_DIR, is what a service starts with."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    block = guide.split("`/etc/authority/authority.env`, complete for this recipe", 1)[1].split("```sh\n", 1)[1]
+    lines = block.split("```", 1)[0].splitlines()
+    environ = dict(line.split("=", 1) for line in lines)
+    settings = load({**environ, "AUTHORITY_KEYS_DIR": "/var/lib/authority/keys"}, serving=True)
+    assert (settings.key_store, settings.directory_file) == ("redis", "/etc/authority/directory.json")
+    assert settings.issuer == "https://authority.example.com"
+    assert settings.trusted_issuers
+
+
+def test_the_errors_the_guide_quotes_are_the_ones_the_code_says() -> None:
+    """A quoted message the code no longer says sends an operator searching for the wrong thing."""
+    guide = re.sub(r"\s+", " ", (ROOT / "docs" / "operations.md").read_text())
+    code = "".join(path.read_text() for path in (ROOT / "authority").rglob("*.py"))
+    for fragment in [
+        "does not exist (for a test issuer, ",
+        "cannot decrypt private key (wrong AUTHORITY_KEY_PASSPHRASE?)",
+        "warning: both key stores hold keys: ",
+        "must be https: plain http only on a loopback address",
+    ]:
+        assert fragment in code, fragment
+    assert "jwks_file: [Errno 2]" not in guide
+    assert "jwks_file /etc/authority/test-issuer.jwks.json does not exist (for a test issuer, ...)" in guide
+
+
 def env_example() -> dict[str, str]:
     pairs = [line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()]
     return {k: v for k, v in (p for p in pairs if len(p) == 2 and not p[0].startswith("#"))}
