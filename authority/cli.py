@@ -381,7 +381,7 @@ def _events_parser(commands: Any, demo_after: argparse.ArgumentParser) -> None:
         ("redrive", "put the dead letters back on the outbox, each for its receiver (same jti: duplicates dropped)"),
     ):
         dead = actions.add_parser(action, parents=[demo_after], help=what)
-        dead.add_argument("--receiver", help="only this receiver's (its name, or its audience)")
+        dead.add_argument("--receiver", help="only this receiver's (its name; its audience if it has none)")
     events.set_defaults(run=_events)
 
 

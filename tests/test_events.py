@@ -28,24 +28,30 @@ import httpx
 import jwt
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from authority import demo
 from authority.cli import main
 from authority.embedded import free_port
-from authority.events.delivery import backoff
+from authority.events import delivery
+from authority.events.dead_letters import DeadLetters
+from authority.events.delivery import Deliveries, backoff
 from authority.events.push import Delivered, Failed, Pusher, Refused, verdict
 from authority.events.set import (
     EVENT_TYPES,
+    KEY_RETIRED,
     SESSION_REVOKED,
     SESSION_STARTED,
     SET_TYP,
+    TOKEN_REPLAYED,
     About,
     Impersonator,
     session_started,
     set_jti,
 )
-from authority.settings import SettingsError, load
-from tests.helpers import EXCHANGE, JWKS, METRICS, READYZ, REVOKE_ALL, ROOT, STAFF, Stack, collected
+from authority.services import build
+from authority.settings import EventReceiver, SettingsError, load
+from tests.helpers import EXCHANGE, JWKS, METRICS, READYZ, REVOKE_ALL, ROOT, STAFF, Stack, collected, revoke
 
 CLI = str(Path(sys.executable).with_name("authority"))
 ISSUER = "http://authority.test"  # every replica's: the public name in front of them, never called here
@@ -61,20 +67,26 @@ class Arrival:
     type: str
     session: str | None
     claims: dict[str, Any]
+    kid: str = ""  # of the key that signed it
     at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
 class Receiver:
     """Receives SETs at ``/<audience>``, verifies each (signature through the JWKS URLs, ``typ``, ``iss``, ``aud``,
-    the RFC 8417 claims) and answers 202; ``refusing`` answers RFC 8935's 400 instead; ``delay_s`` holds each
-    answer back. ``arrivals`` keeps every SET verified (duplicates included, in arrival order); ``failures`` every
-    one that did not verify."""
+    the RFC 8417 claims) and answers 202; ``refusing`` answers RFC 8935's 400 instead, ``failing`` 503 to SETs of
+    those event types; ``delay_s`` holds each answer back, ``holding`` (while clear) every answer. ``arrivals``
+    keeps every SET verified (duplicates included, in arrival order); ``failures`` every one that did not verify.
+    ``jwks``, if set, is served at ``/jwks`` (for an in-process service, which has no URL of its own)."""
 
     jwks_urls: list[str]
     port: int = field(default_factory=free_port)
     delay_s: float = 0.0
     refusing: bool = False
+    failing: set[str] = field(default_factory=set)
+    holding: threading.Event | None = None
+    held: int = 0  # requests that waited for ``holding``
+    jwks: dict[str, Any] | None = None
     arrivals: list[Arrival] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)  # jti -> POSTs seen, refused ones included
     failures: list[str] = field(default_factory=list)
@@ -104,6 +116,14 @@ class Receiver:
                     owner._connections.discard(self.connection)
                 super().finish()
 
+            def do_GET(self) -> None:
+                answer = json.dumps(owner.jwks).encode()
+                self.send_response(200 if owner.jwks is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
@@ -112,6 +132,10 @@ class Receiver:
                     return
                 if owner.delay_s:
                     time.sleep(owner.delay_s)
+                if owner.holding is not None and not owner.holding.is_set():
+                    with owner._lock:
+                        owner.held += 1
+                    owner.holding.wait()
                 status, answer = owner.receive(self.path.strip("/"), self.headers.get("content-type", ""), body)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -170,8 +194,10 @@ class Receiver:
             self.attempts[claims["jti"]] += 1
             if self.refusing:
                 return 400, json.dumps({"err": "invalid_audience", "description": "not for us"}).encode()
+            if kind in self.failing:
+                return 503, b"{}"
             session = claims["sub_id"].get("session", {}).get("id")
-            self.arrivals.append(Arrival(audience, claims["jti"], kind, session, claims))
+            self.arrivals.append(Arrival(audience, claims["jti"], kind, session, claims, header["kid"]))
         return 202, b""
 
     def delivered(self, audience: str) -> list[Arrival]:
@@ -464,6 +490,88 @@ def test_a_bad_receiver_costs_one_timeout_at_most() -> None:
         assert verdict_.cause != "timeout"
 
 
+def test_any_failure_of_a_post_is_a_failed_attempt_and_an_unusable_url_is_refused_at_start(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """URLs the settings' checks let through but the HTTP client cannot use: a POST to one is a failed attempt,
+    never an exception (which ended the courier's holding, to start again at the same entry forever); and the
+    service refuses them at start, one line each, naming the setting."""
+
+    async def push(url: str) -> object:
+        pusher = Pusher(timeout_s=1.0)
+        try:
+            return await pusher.push(url, "a.b.c", None)
+        finally:
+            await pusher.close()
+
+    bad = ["http://127.0.0.1:99999/events", "http://127.0.0.1/\x7f"]
+    for url in bad:
+        result = asyncio.run(push(url))
+        assert isinstance(result, Failed), result
+    stack = make_stack(event_receivers=[{"url": url, "audience": f"r{n}"} for n, url in enumerate(bad)])
+    with pytest.raises(SettingsError) as refused:
+        build(stack.settings, log=None)
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("AUTHORITY_EVENT_RECEIVERS: url ") and "cannot be used" in line for line in lines)
+
+
+@pytest.mark.parametrize("skew_s", [3600.0, -3600.0])
+def test_a_new_receivers_group_starts_when_it_was_configured_on_redis_clock(redis_url: str, skew_s: float) -> None:
+    """Events already on the outbox when a receiver is first configured were written for others: it gets none of
+    them, and every one written from its configuration on, whatever the host's clock says (ahead, the group
+    started in the future and skipped what was written until then, forever; behind, it got an hour of the past)."""
+    prefix = f"ev{uuid.uuid4().hex[:10]}:"
+    stream = f"{prefix}events{{{prefix}audit}}"
+
+    async def scenario() -> list[bytes]:
+        redis = AsyncRedis.from_url(redis_url)
+        try:
+            await redis.xadd(stream, {"event": b"before"})
+            await asyncio.sleep(1)  # well apart from the start, whatever a busy machine adds to a round trip
+            deliveries = Deliveries(
+                redis, [EventReceiver(url="http://127.0.0.1:9/events", audience="new")], stream=stream,
+                prefix=prefix, dead=DeadLetters(redis, f"{prefix}events:dead", 100), sign=lambda _: None,
+                issuer=ISSUER, timeout_s=1, max_age_s=60, backoff_max_s=1, backlog=100,
+                clock=lambda: time.time() + skew_s,
+            )  # fmt: skip
+            await redis.xadd(stream, {"event": b"after"})  # by a process started with it, its courier not yet up
+            await deliveries.couriers[0].prepare()
+            reply = cast(
+                list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                await redis.xreadgroup("new", "reader", {stream: ">"}),
+            )
+            await deliveries.close()
+            return [fields[b"event"] for _, fields in reply[0][1]] if reply else []
+        finally:
+            await redis.delete(stream)
+            await redis.aclose()
+
+    assert asyncio.run(scenario()) == [b"after"]
+
+
+def test_dead_letters_trimmed_at_their_cap_are_counted_in_the_log(redis_url: str) -> None:
+    stream = f"dead{uuid.uuid4().hex[:10]}"
+
+    async def scenario() -> int:
+        redis = AsyncRedis.from_url(redis_url)
+        letters = DeadLetters(redis, stream, maxlen=100)
+        try:
+            for n in range(350):
+                await letters.add(receiver="portal", event=b"{}", cause="expired", detail=str(n))
+            return await redis.xlen(stream)
+        finally:
+            await redis.delete(stream)
+            await redis.aclose()
+
+    with collected("authority.events") as logged:
+        left = asyncio.run(scenario())
+    said = [r.getMessage() for r in logged if "dead letters over their cap of 100" in r.getMessage()]
+    trimmed = [int(message.split("the ")[1].split()[0]) for message in said]
+    assert left < 350
+    assert sum(trimmed) == 350 - left
+
+
 def test_a_receivers_backlog_is_bounded_counted_and_logged(make_stack: Callable[..., Stack]) -> None:
     """A receiver away for good: past AUTHORITY_EVENT_BACKLOG, the oldest waiting events are dropped, with a
     metric and a log line; the lag gauge says how old the oldest waiting one is."""
@@ -488,6 +596,66 @@ def test_a_receivers_backlog_is_bounded_counted_and_logged(make_stack: Callable[
             time.sleep(0.1)
         assert 0 < metric(dropped) - before <= 250 - 100
         assert metric('authority_event_lag_seconds{receiver="portal"}') > 0
+
+
+def in_process_receiver(client: Any, receiver: Receiver) -> None:
+    """Have ``receiver`` verify with the in-process service's JWKS, served by itself."""
+    receiver.jwks = client.get(JWKS).json()
+    receiver.jwks_urls[:] = [f"http://127.0.0.1:{receiver.port}/jwks"]
+    receiver.__post_init__()
+
+
+def test_a_poison_event_type_holds_no_other_session_back_and_each_session_stays_in_order(
+    make_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver answers 503 to every revocation, for good: more of them fail than the courier holds (HELD) and
+    than it keeps to retry (RETRYING, so some spill to the pending list); sessions opened after are delivered all the
+    same. The failing ones are retried; a replay's event, behind its session's failing revocation, is not sent
+    before it. Once the receiver takes revocations, every session's events arrive, each session's in order."""
+    monkeypatch.setattr(delivery, "HELD", 4)
+    monkeypatch.setattr(delivery, "RETRYING", 6)
+    with receiving([]) as receiver:
+        receiver.failing = {SESSION_REVOKED}
+        portal = [{"url": receiver.url("portal"), "audience": "portal"}]
+        stack = make_stack(event_receivers=portal, event_backoff_max_s=0.5, mint_rate_per_actor=1000)
+        staff = stack.bearer("operator", "7")
+        with stack.client() as client:
+            in_process_receiver(client, receiver)
+
+            def session() -> tuple[str, str]:
+                token = client.get(STAFF, params={"coworkerId": 42}, headers=staff).json()["token"]
+                exchanged = client.post(EXCHANGE, json={"token": token})
+                assert exchanged.status_code == 200, exchanged.text
+                return token, exchanged.json()["session_id"]
+
+            poisoned = [session() for _ in range(16)]
+            for _, sid in poisoned:
+                assert client.post(revoke(sid), headers=staff).status_code == 200
+            for token, _ in poisoned[:3]:  # a replay of a revoked session: told, after its revocation
+                assert client.post(EXCHANGE, json={"token": token}).status_code == 401
+            later = [session()[1] for _ in range(20)]
+
+            def sessions_seen() -> set[str | None]:
+                return {a.session for a in receiver.delivered("portal")}
+
+            wait_for("the later sessions' starts", lambda: set(later) <= sessions_seen(), 60)
+            wait_for("revocations retried", lambda: sum(n > 1 for n in receiver.attempts.values()) >= 6, 60)
+            assert TOKEN_REPLAYED not in {a.type for a in receiver.delivered("portal")}
+            receiver.failing = set()
+            wanted = {sid for _, sid in poisoned}
+            wait_for(
+                "every revocation and replay",
+                lambda: (
+                    {a.session for a in receiver.delivered("portal") if a.type == SESSION_REVOKED} == wanted
+                    and sum(a.type == TOKEN_REPLAYED for a in receiver.delivered("portal")) >= 3
+                ),
+                60,
+            )
+    assert receiver.failures == []
+    order = by_session(receiver.delivered("portal"))
+    for n, (_, sid) in enumerate(poisoned):
+        assert order[sid] == [SESSION_STARTED, SESSION_REVOKED, *([TOKEN_REPLAYED] if n < 3 else [])], order[sid]
+    assert all(order[sid] == [SESSION_STARTED] for sid in later)
 
 
 # --- the tests ---------------------------------------------------------------------------------------------------
@@ -573,13 +741,13 @@ def test_a_replica_killed_mid_delivery_the_other_finishes_its_deliveries(redis_u
     slow receiver: the other takes the lease over, claims what it held, and delivers everything."""
     deployment = Deployment(redis_url, tmp_path)
     with receiving([]) as receiver:
-        receiver.delay_s = 0.5
+        receiver.holding = threading.Event()  # every answer held back until the holder is dead: in flight
         deployment.settings = receivers((receiver.url("portal"), "portal", []))
         with deployment.replica() as first, deployment.replica() as second:
             receiver.jwks_urls += [first.jwks, second.jwks]
             receiver.__post_init__()
             sids = open_sessions(second, 60)
-            wait_for("deliveries under way", lambda: len(receiver.delivered("portal")) >= 5, 30, first, second)
+            wait_for("deliveries under way", lambda: receiver.held >= 1, 30, first, second)
             with deployment.redis() as direct:
                 holder = cast(bytes, direct.get(f"{deployment.prefix}events:lease:portal")).decode()
             pid = int(holder.split(":")[1])
@@ -588,7 +756,8 @@ def test_a_replica_killed_mid_delivery_the_other_finishes_its_deliveries(redis_u
             os.kill(pid, signal.SIGKILL)
             victim.process.wait(timeout=10)
             in_flight = len(sids) - len({a.session for a in receiver.delivered("portal")})
-            assert in_flight > 0  # it died with work left
+            assert in_flight == len(sids)  # it died with all of it left, some of it sent and unanswered
+            receiver.holding.set()
             wait_for(
                 "every session's start, from the survivor",
                 lambda: set(sids) <= {a.session for a in receiver.delivered("portal")},
@@ -640,7 +809,8 @@ def test_a_refused_set_is_dead_lettered_never_retried_and_redrive_delivers_it(
                 wait_for("a dead letter", lambda: direct.xlen(dead) == 1, 30, service)
                 open_sessions(service, 1)  # a second one, refused too: meanwhile the first was not tried again
                 wait_for("a second dead letter", lambda: direct.xlen(dead) == 2, 30, service)
-                assert direct.xpending(deployment.outbox, "portal")["pending"] == 0  # acknowledged: never again
+                # acknowledged (just after the dead letter is written): never again
+                wait_for("no refusal pending", lambda: not direct.xpending(deployment.outbox, "portal")["pending"], 30)
             assert sorted(receiver.attempts.values()) == [1, 1]
             metrics = httpx.get(f"{service.base}{METRICS}").text
             assert 'authority_events_total{outcome="refused",receiver="portal"} 2.0' in metrics
@@ -663,19 +833,96 @@ def test_a_refused_set_is_dead_lettered_never_retried_and_redrive_delivers_it(
     assert receiver.failures == []
 
 
-def test_sets_say_what_rfc_8417_rfc_9493_and_caep_ask(redis_url: str, tmp_path: Path) -> None:
-    """A session started, then ended by staff: the SETs' claims, as the receiver verified them."""
+def test_an_emergency_retire_whose_records_cannot_be_written_says_so_and_logs_its_line(
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The key is retired in the store, then its audit entry and event cannot be written (the audit stream's key
+    holds something else: every write to it fails): the retire still takes effect, its JSON line is logged (the
+    record of last resort), and the command fails, saying the receivers were not told."""
+    deployment = Deployment(redis_url, tmp_path)
+    deployment.settings = receivers((f"http://127.0.0.1:{free_port()}/nobody", "portal", []))
+    assert deployment.cli(monkeypatch, "keys", "rotate") == 0
+    kid = next(line.split()[0] for line in capsys.readouterr().out.splitlines() if " active " in line)
+    with deployment.redis() as direct:
+        direct.delete(f"{deployment.prefix}audit")
+        direct.set(f"{deployment.prefix}audit", "not a stream")
+    assert deployment.cli(monkeypatch, "keys", "retire", kid) == 2
+    said = capsys.readouterr().err
+    assert "authority: key retired, in effect on 0 of 0 running service processes; but its audit entry and " in said
+    assert f"key-retired event were not written: {kid} (ResponseError" in said
+    (logged,) = [r for r in caplog.records if r.name == "authority.keys" and "not written" in r.getMessage()]
+    line = json.loads(logged.getMessage().partition("not written: ")[2])
+    assert (line["event"], line["outcome"], line["kid"]) == ("key", "revoked", kid)
+    with deployment.redis() as direct:
+        direct.delete(f"{deployment.prefix}audit")
+    assert deployment.cli(monkeypatch, "keys", "list") == 0
+    assert any(row.startswith(kid) and " revoked " in row for row in capsys.readouterr().out.splitlines())
+
+
+def test_past_max_age_a_set_is_dead_lettered_as_expired_and_what_follows_it_is_delivered(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The receiver fails every start (503): retried until AUTHORITY_EVENT_MAX_AGE_S, then dead-lettered and
+    counted ``expired``; the session's revocation, behind it, is then delivered and counted ``delivered``.
+    ``events tail`` prints both events, oldest first."""
+    deployment = Deployment(redis_url, tmp_path, settings={"AUTHORITY_EVENT_MAX_AGE_S": "2"})
+    with receiving([]) as receiver:
+        receiver.failing = {SESSION_STARTED}
+        deployment.settings |= receivers((receiver.url("portal"), "portal", []))
+        with deployment.replica() as service:
+            receiver.jwks_urls.append(service.jwks)
+            receiver.__post_init__()
+            (sid,) = open_sessions(service, 1)
+            assert httpx.post(f"{service.base}/api/sys/sessions/{sid}/revoke", headers=service.staff()).is_success
+            wait_for("the revocation", lambda: receiver.delivered("portal"), 60, service)
+            metrics = httpx.get(f"{service.base}{METRICS}").text
+    assert [(a.type, a.session) for a in receiver.arrivals] == [(SESSION_REVOKED, sid)]
+    assert max(receiver.attempts.values()) > 1  # the start, tried again before it expired
+    assert 'authority_events_total{outcome="expired",receiver="portal"} 1.0' in metrics
+    assert 'authority_events_total{outcome="delivered",receiver="portal"} 1.0' in metrics
+    assert deployment.cli(monkeypatch, "events", "dead") == 0
+    (letter,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (letter["cause"], letter["event"]["type"], letter["detail"]) == (
+        "expired",
+        SESSION_STARTED,
+        "last attempt: HTTP 503",
+    )
+    assert deployment.cli(monkeypatch, "events", "tail", "-n", "5") == 0
+    tailed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["type"], e["session"]) for e in tailed] == [(SESSION_STARTED, sid), (SESSION_REVOKED, sid)]
+    assert all(e["time"].endswith("Z") for e in tailed)
+
+
+def test_sets_say_what_rfc_8417_rfc_9493_and_caep_ask(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session started, then ended by staff, its token replayed, the key that signed the SETs retired in an
+    emergency: the SETs' claims, as the receiver verified them."""
     deployment = Deployment(redis_url, tmp_path)
     with receiving([]) as receiver:
         deployment.settings = receivers((receiver.url("portal"), "portal", []))
         with deployment.replica() as service:
             receiver.jwks_urls.append(service.jwks)
             receiver.__post_init__()
-            (sid,) = open_sessions(service, 1)
+            minted = httpx.get(f"{service.base}{STAFF}", params={"coworkerId": 42}, headers=service.staff())
+            token = minted.json()["token"]
+            sid = httpx.post(f"{service.base}{EXCHANGE}", json={"token": token}).json()["session_id"]
             revoked = httpx.post(f"{service.base}/api/sys/sessions/{sid}/revoke", headers=service.staff())
             assert revoked.status_code == 200
             wait_for("both SETs", lambda: len(receiver.delivered("portal")) == 2, 30, service)
-    started, ended = (a.claims for a in receiver.delivered("portal"))
+            replayed = httpx.post(f"{service.base}{EXCHANGE}", json={"token": token})
+            assert replayed.status_code == 401
+            kid = receiver.arrivals[0].kid
+            assert deployment.cli(monkeypatch, "keys", "retire", kid) == 0
+            wait_for("the replay's and the key's SETs", lambda: len(receiver.delivered("portal")) == 4, 30, service)
+    assert receiver.failures == []
+    kinds = {a.type: a.claims for a in receiver.delivered("portal")}  # the key's own order is not the session's
+    started, ended = kinds[SESSION_STARTED], kinds[SESSION_REVOKED]
+    replay, retired = kinds[TOKEN_REPLAYED], kinds[KEY_RETIRED]
     subject = {
         "format": "complex",
         "session": {"format": "opaque", "id": sid},
@@ -704,3 +951,13 @@ def test_sets_say_what_rfc_8417_rfc_9493_and_caep_ask(redis_url: str, tmp_path: 
         }
     }
     assert started["txn"] != ended["txn"]  # each its own request
+    assert replay["sub_id"] == subject
+    assert replay["events"] == {
+        TOKEN_REPLAYED: {"event_timestamp": replay["toe"], "act": started["events"][SESSION_STARTED]["act"],
+                         "session_revoked": False}
+    }  # fmt: skip
+    assert retired["sub_id"] == {"format": "opaque", "id": kid}
+    assert retired["events"] == {
+        KEY_RETIRED: {"event_timestamp": retired["toe"], "kid": kid, "jwks_uri": f"{ISSUER}/.well-known/jwks.json"}
+    }
+    assert {a.kid for a in receiver.arrivals if a.type == KEY_RETIRED} != {kid}  # signed by the key signing since

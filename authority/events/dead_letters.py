@@ -5,15 +5,19 @@ until an operator reads them (``authority events dead``) or puts them back (``au
 A redriven event goes back on the outbox addressed to its one receiver (``to``), with its own ``uid``: the SET it
 makes carries the same ``jti`` as before, so a receiver that did get it after all drops the duplicate. It starts a
 new retry window, and arrives after whatever that receiver was sent since: redrive gives up per-session order.
+
+Past the cap the oldest are trimmed, and never silently: each trim is logged with how many it dropped.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
 
+logger = logging.getLogger("authority.events")
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 PAGE = 500
 
@@ -38,8 +42,14 @@ class DeadLetters:
         self._maxlen = maxlen
 
     async def add(self, *, receiver: str, event: bytes, cause: str, detail: str) -> None:
+        """One more; the oldest trimmed past the cap (``XTRIM`` says how many: logged)."""
         fields = {"receiver": receiver, "cause": cause, "detail": detail, "event": event}
-        await self._redis.xadd(self.stream, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
+            pipe.xtrim(self.stream, maxlen=self._maxlen, approximate=True)
+            _, trimmed = await pipe.execute()
+        if trimmed:
+            logger.warning("dead letters over their cap of %d: the %d oldest trimmed unread", self._maxlen, trimmed)
 
     async def read(self, count: int | None = None) -> list[DeadLetter]:
         """The oldest ``count`` (all when None), oldest first."""

@@ -142,7 +142,9 @@ class Outbox:
             )
 
     async def publish(self, entry: Entry, *events: Event) -> None:
-        """Record what changed outside Redis (a key retired in the key store): its entry and events, together."""
-        records = self.records().on("published", entry, *events)
-        await self.write(records, "published")
-        records.written("published")
+        """Record what changed outside Redis (a key retired in the key store): its entry and events, together. The
+        change is made already, so its JSON log line is written first: if the streams cannot be written, the
+        record of last resort still is (and the caller says so)."""
+        self.audit.recorded(entry)
+        await self.write(self.records().on("published", entry, *events), "published")
+        self.audit.outages.recovered()

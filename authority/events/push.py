@@ -8,6 +8,9 @@ connection failure) says nothing about the SET: it is tried again later.
 
 A bad receiver must not hurt the service: the whole exchange, answer included, has one deadline; redirects are
 not followed; proxies from the environment are not used; the answer is read no further than ``MAX_ANSWER_BYTES``.
+And a failure of any kind is a failed attempt, never an exception: one that escaped would end the courier's
+holding, which would start again at the same entry, and fail again, forever. A URL the client cannot use at all is
+refused at start instead (``unusable``).
 """
 
 from __future__ import annotations
@@ -65,6 +68,17 @@ def verdict(status: int, content_type: str, body: bytes) -> Verdict:
     return Failed(f"HTTP {status}")
 
 
+def unusable(url: str) -> str | None:
+    """Why the HTTP client could not POST to ``url`` (a URL the settings' checks let through), or None."""
+    try:
+        port = httpx.URL(url).port
+    except httpx.InvalidURL as exc:
+        return str(exc)
+    if port is not None and not 0 < port < 65536:
+        return f"port {port} is out of range"
+    return None
+
+
 class Pusher:
     """One HTTP client for every receiver: ``timeout_s`` bounds each whole POST, connecting and the answer
     included (a receiver that trickles its answer is cut off like one that never answers)."""
@@ -93,6 +107,8 @@ class Pusher:
             return Failed("timeout")
         except httpx.HTTPError as exc:
             return Failed(type(exc).__name__)
+        except Exception as exc:  # any failure is a failed attempt (module docstring)
+            return Failed(f"{type(exc).__name__}: {exc}"[:200])
 
     async def close(self) -> None:
         await self._client.aclose()

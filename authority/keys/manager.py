@@ -66,6 +66,7 @@ class KeyManager:
         self.notices = notices
         self.audit = audit
         self.outbox = outbox  # where a key retired in an emergency is announced to event receivers
+        self._unpublished: list[str] = []  # the retires whose announcement failed, for ``retire`` to report
         self.alg = alg
         self.schedule = schedule
         self.refresh_s = refresh_s  # how often the records are re-read, and the schedule run
@@ -127,7 +128,12 @@ class KeyManager:
             outcome = "revoked" if record.revoked else "rescheduled"
             entry = self.audit.entry("key", outcome, kid=record.kid, retires_at=record.retires_at, reason=reason)
             if record.revoked and self.outbox is not None:  # an emergency: receivers are told (a SET) at once
-                await self.outbox.publish(entry, key_retired(kid=record.kid, at=now))
+                try:
+                    await self.outbox.publish(entry, key_retired(kid=record.kid, at=now))
+                except Exception as exc:  # the key is retired in the store: finish, then say what is missing
+                    line = entry.line.decode()
+                    logger.error("key %s retired, its audit entry and event not written: %s", record.kid, line)
+                    self._unpublished.append(f"{record.kid} ({type(exc).__name__}: {exc})")
             else:
                 self.audit.emit_entry(entry)
         for kid in step.deletes:
@@ -217,10 +223,20 @@ class KeyManager:
         )
 
     async def retire(self, kid: str, wait_s: float = 0) -> Effect:
-        """Emergency: ``kid`` leaves the JWKS and stops verifying at once; the standby signs in its place."""
-        return await self._locked(
+        """Emergency: ``kid`` leaves the JWKS and stops verifying at once; the standby signs in its place. If its
+        audit entry and event could not be written (the retire itself is done, and announced to every process),
+        ``KeyStoreError`` says so: the operator must know the receivers were not told."""
+        self._unpublished = []
+        effect = await self._locked(
             lambda records, now: revoke(records, kid, now, self.schedule, alg=self.alg), "emergency", wait_s
         )
+        if self._unpublished:
+            raise KeyStoreError(
+                f"key retired, in effect on {effect.confirmed} of {effect.listening} running service processes; but "
+                f"its audit entry and key-retired event were not written: {', '.join(self._unpublished)}; the "
+                "audit line is in the log above: tell the event receivers by hand"
+            )
+        return effect
 
     async def run(self) -> None:
         """Background loop: a round every ``refresh_s``; a failed round (Redis down) is logged once with its cause,
