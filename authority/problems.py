@@ -67,11 +67,20 @@ def problem(exc: Exception) -> ProblemDetailsException:
 
 
 PLUGIN = ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map={Exception: problem}))
+# The probes' routes (``routes.healthz``, ``routes.readyz``): a load balancer's checks, not a user's requests. Their
+# refusals are not audited: during a Redis outage every check of every replica would be an audit entry, queued
+# for a stream that is down. The outage itself is in the outage log, which counts the readiness failures too.
+PROBES = frozenset({"healthz", "readyz"})
+
+
+def probe(scope: Scope) -> bool:
+    return getattr(scope.get("route_handler"), "name", None) in PROBES
 
 
 def auditor(audit: AuditLog) -> Any:
-    """The ``after_exception`` hook: every refusal audited once, with its request; a fault of ours logged with its
-    stack; a Redis failure counted into the outage log rather than logged per request."""
+    """The ``after_exception`` hook: every refusal audited once, with its request, but a probe's (``PROBES``); a
+    fault of ours logged with its stack; a Redis failure counted into the outage log rather than logged per
+    request."""
 
     async def record(exc: Exception, scope: Scope) -> None:
         refusal = refusal_of(exc)
@@ -80,7 +89,7 @@ def auditor(audit: AuditLog) -> Any:
             return
         if isinstance(exc, RedisError | RedisClusterException):
             audit.outages.failed(redis_cause("redis", exc))
-        if not refusal.recorded:
+        if not refusal.recorded and not probe(scope):
             method = str(scope.get("method", ""))
             audit.emit_entry(audit.refusal(refusal, method=method, path=scope["path"], request_id=request_id(scope)))
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from authority.embedded import EmbeddedRedis, free_port
-from tests.helpers import EXCHANGE, HEALTHZ, READYZ, STAFF, Stack, assert_problem
+from tests.helpers import EXCHANGE, HEALTHZ, READYZ, STAFF, Stack, assert_problem, audit_events
 
 
 def test_redis_down_is_503_and_restart_refuses_old_tokens(
@@ -34,6 +34,26 @@ def test_redis_down_is_503_and_restart_refuses_old_tokens(
         after = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
         assert client.post(EXCHANGE, json={"token": after}).status_code == 200
         assert client.get(READYZ).status_code == 200
+
+
+def test_readiness_checks_failing_in_an_outage_are_not_audited(
+    private_redis: EmbeddedRedis, make_stack: Callable[..., Stack]
+) -> None:
+    """A probe is not a user's request: the load balancer's checks of every replica, each a 503 while Redis is
+    down, are no audit entries (the outage log counts them); a user's request refused meanwhile is one."""
+    stack = make_stack(redis_url=private_redis.url)
+    operator = stack.bearer("operator", "7")
+    with stack.client() as client:
+        assert client.get(READYZ).status_code == 200
+        private_redis.stop()
+        for _ in range(5):
+            assert_problem(client.get(READYZ), 503, "unavailable")
+        assert_problem(client.get(STAFF, params={"coworkerId": 42}, headers=operator), 503, "unavailable")
+        private_redis.start()
+        # queued in order and written in one batch once Redis is back: a probe's entry would come before the mint's
+        refusals = audit_events(stack, lambda event: event["event"] == "refusal", at_least=1)
+
+    assert [(event["path"], event["outcome"]) for event in refusals] == [(STAFF, "unavailable")]
 
 
 def test_with_min_replicas_an_unreplicated_exchange_hands_nothing_out(
