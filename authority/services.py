@@ -45,6 +45,7 @@ from authority.keys import (
 )
 from authority.keys.keyring import unseal_record
 from authority.limits import MintLimiter
+from authority.outages import redis_cause
 from authority.refusals import Unavailable
 from authority.replay import Allowlist
 from authority.sessions import SessionTrail
@@ -185,6 +186,9 @@ class Services:
         try:
             await self.allowlist.ping()
         except REDIS_ERRORS as exc:
+            # Counted as a request's Redis failure is (the probe itself is not audited): probes may be all the
+            # outage log sees of an outage, which then lasts from the first failed check to the last.
+            self.audit.outages.failed(redis_cause("redis", exc))
             url = shown(self.settings.redis_url)
             raise Unavailable(f"Redis at {url} does not answer ({type(exc).__name__})") from None
         now = int(self.clock())

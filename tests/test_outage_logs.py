@@ -13,7 +13,7 @@ import pytest
 from authority.embedded import EmbeddedRedis
 from authority.logs import JsonFormatter
 from authority.outages import OutageLog
-from tests.helpers import STAFF, Clock, Stack, assert_problem, collected
+from tests.helpers import READYZ, STAFF, Clock, Stack, assert_problem, collected
 
 
 def outage_lines(records: list[logging.LogRecord]) -> list[tuple[str, str, int, int]]:
@@ -171,3 +171,57 @@ def test_a_redis_outage_logs_a_few_lines_not_one_per_request(
         ended = [line for line in outage_lines(records[len(during) :]) if line[0] == "recovered"]
 
     assert ("recovered", "redis: ConnectionError", requests - 1, requests) in ended  # all counted, none logged alone
+
+
+def test_an_outage_lasts_from_its_first_failed_readiness_check_to_its_last(
+    private_redis: EmbeddedRedis, make_stack: Callable[..., Stack]
+) -> None:
+    """With little traffic, the readiness checks are most of what meets an outage: each is counted into it (under
+    the request path's cause), so its end says how long it lasted, not "1 failures over 0.0 s" for the one request
+    that happened to come."""
+    stack = make_stack(redis_url=private_redis.url)
+    operator = stack.bearer("operator", "7")
+    with stack.client() as client, collected("authority") as records:
+        assert client.get(STAFF, params={"coworkerId": 42}, headers=operator).status_code == 200
+        private_redis.stop()
+        for check in range(12):
+            assert_problem(client.get(READYZ), 503, "unavailable")
+            if check == 6:  # one request in the outage
+                assert_problem(client.get(STAFF, params={"coworkerId": 42}, headers=operator), 503, "unavailable")
+            time.sleep(0.25)
+        private_redis.start()
+        deadline = time.monotonic() + 15
+        end = {"outage": "recovered", "cause": "redis: ConnectionError"}
+        while not (ended := [r for r in records if end.items() <= vars(r).items()]):
+            assert time.monotonic() < deadline, [r.getMessage() for r in records]
+            assert client.get(STAFF, params={"coworkerId": 42}, headers=operator).status_code == 200
+            time.sleep(0.2)
+
+    assert outage_lines(ended) == [("recovered", "redis: ConnectionError", 12, 13)]
+    assert duration_s(ended[0]) >= 2.5, ended[0].getMessage()  # 11 pauses of 0.25 s between the first and last
+
+
+def test_failing_key_rounds_are_one_line_naming_the_cause(
+    private_redis: EmbeddedRedis, make_stack: Callable[..., Stack]
+) -> None:
+    """Like the outage log's lines: the cause, no traceback (the README promises one line per outage). The Redis
+    key store: with key files, a round with nothing due asks Redis nothing."""
+    stack = make_stack(redis_url=private_redis.url, key_store="redis", key_refresh_s=0.2)
+    with stack.client(), collected("authority.keys") as records:
+        private_redis.stop()
+        deadline = time.monotonic() + 10
+        while not (failing := [r for r in records if r.getMessage().startswith("key rounds failing")]):
+            assert time.monotonic() < deadline, [r.getMessage() for r in records]
+            time.sleep(0.05)
+        private_redis.start()
+        while not any(r.getMessage() == "key rounds succeed again" for r in records):
+            assert time.monotonic() < deadline + 10, [r.getMessage() for r in records]
+            time.sleep(0.05)
+
+    (line,) = failing
+    assert line.getMessage() == "key rounds failing (redis: ConnectionError); retrying every 0.2 s until they succeed"
+    assert line.levelno == logging.WARNING
+    assert line.exc_info is None
+    formatted = JsonFormatter().format(line)
+    assert "\n" not in formatted
+    assert "Traceback" not in formatted

@@ -12,6 +12,7 @@ from typing import NamedTuple, Protocol, TypeVar
 import anyio.to_thread
 
 from authority.audit import AuditLog
+from authority.connection import REDIS_ERRORS
 from authority.events.outbox import Outbox
 from authority.events.set import key_retired
 from authority.keys.jwk import PrivateKey, public_jwk
@@ -20,6 +21,7 @@ from authority.keys.lifecycle import KeyRecord, Plan, Schedule, chain, plan, rev
 from authority.keys.lock import Lease, RotationLock
 from authority.keys.notices import KeyNotices
 from authority.keys.sealing import KeyStoreError
+from authority.outages import redis_cause
 from authority.refusals import UnknownKey
 from authority.settings import SettingsError
 
@@ -246,11 +248,24 @@ class KeyManager:
             await asyncio.sleep(self.refresh_s)
             try:
                 await self.tick()
-            except Exception:
+            except Exception as exc:
                 if not failing:
-                    logger.exception("key rounds failing; retrying every %s s until they succeed", self.refresh_s)
+                    self._failing(exc)
                 failing = True
             else:
                 if failing:
                     logger.warning("key rounds succeed again")
                 failing = False
+
+    def _failing(self, exc: Exception) -> None:
+        """The first failed round, said in one line naming its cause as the outage log does (``redis:
+        ConnectionError``), or with the key store's own message (a record sealed with another passphrase); only a
+        fault of ours carries its traceback."""
+        if isinstance(exc, REDIS_ERRORS):
+            cause = redis_cause("redis", exc)
+        elif isinstance(exc, KeyStoreError):
+            cause = str(exc)
+        else:
+            logger.exception("key rounds failing; retrying every %s s until they succeed", self.refresh_s)
+            return
+        logger.warning("key rounds failing (%s); retrying every %s s until they succeed", cause, self.refresh_s)
