@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -25,6 +27,7 @@ import httpx
 import jwt
 import msgspec
 import redis
+import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from litestar import Litestar
@@ -411,3 +414,24 @@ async def concurrently_served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]
     transport = httpx.ASGITransport(app=cast(Any, app))  # httpx types an ASGI app more narrowly than Litestar
     async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
         yield client
+
+
+@contextmanager
+def serving(app: Litestar) -> Iterator[str]:
+    """``app`` under uvicorn on a loopback socket of its own, in a thread; stopped however the test ends."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="portal-adapter", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive(), "the adapter stopped"
+            assert time.monotonic() < deadline, "the adapter did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -33,13 +33,11 @@ import jsonschema_rs
 import msgspec
 import pytest
 import redis
-import uvicorn
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from litestar import Litestar
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from authority.directory import CoworkerEntry, LocationEntry, Membership
@@ -57,6 +55,7 @@ from tests.helpers import (
     assert_problem,
     collected,
     direct_redis,
+    serving,
     team,
     wait_until_ready,
 )
@@ -87,27 +86,6 @@ class Counted:
     def coworker(self, location: str, coworker_id: int) -> CoworkerEntry | None:
         self.asked.append(f"coworker {location} {coworker_id}")
         return self.source.coworker(location, coworker_id)
-
-
-@contextmanager
-def serving(app: Litestar) -> Iterator[str]:
-    """``app`` under uvicorn on a loopback socket of its own, in a thread; stopped however the test ends."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="portal-adapter", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive(), "the adapter stopped"
-            assert time.monotonic() < deadline, "the adapter did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def write_directory(path: Path, data: dict[str, Any]) -> None:

@@ -22,8 +22,7 @@ from authority.directory_file import DEMO_DIRECTORY, FileDirectory
 from authority.directory_http import HttpDirectory
 from authority.policy import broken_rule
 from examples.portal_adapter import FileSource, create_app
-from tests.helpers import EXCHANGE, STAFF, Stack, assert_problem, audit_events, decode_unverified, team
-from tests.test_directory_http import serving
+from tests.helpers import EXCHANGE, STAFF, Stack, assert_problem, audit_events, decode_unverified, serving, team
 
 
 @pytest.fixture
