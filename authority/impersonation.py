@@ -7,6 +7,7 @@ limiter, directory, keys, audit) in one obvious order.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -17,11 +18,18 @@ import msgspec
 
 from authority.audit import REQUEST_ID, AuditLog
 from authority.authn import Caller
-from authority.connection import shown
+from authority.connection import REDIS_ERRORS, shown
 from authority.directory import CoworkerEntry, Directory, LocationEntry
 from authority.dpop import DpopGate
 from authority.events.outbox import Outbox, Records
-from authority.events.set import About, Impersonator, session_closed, session_started, token_replayed
+from authority.events.set import (
+    UNCONFIRMED,
+    About,
+    Impersonator,
+    session_closed,
+    session_started,
+    token_replayed,
+)
 from authority.keys import KeyManager, Keyring, LoadedKey
 from authority.limits import MintLimiter
 from authority.policy import (
@@ -61,6 +69,7 @@ from authority.replay import (
     Allowlist,
     Outcome,
     SessionRecord,
+    SpentUnconfirmed,
 )
 from authority.sessions import Entry, Page, SessionTrail, Summary
 from authority.settings import Settings
@@ -327,7 +336,24 @@ class Authority:
         who = {"actor": grant.act.sub, "subject": grant.sub, "location": grant.loc, "jti": grant.jti}
         who |= {name: value for name, value in (("why", grant.reason), ("ticket", grant.ticket)) if value}
         records = self._exchange_records(grant, who, kid=signer.kid, ends=claims.exp, now=now, opened=not withdrawn)
-        used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s, records)
+        summary = Summary(
+            session_id=sid,
+            location=grant.loc,
+            subject=grant.sub,
+            actor=grant.act,
+            started=now,
+            ends=claims.exp,
+            reason=grant.reason,
+            ticket=grant.ticket,
+        )
+        # On the trail with the session (one server) or before the answer (Cluster): a bulk revocation asked after
+        # this exchange succeeded always finds it.
+        opening = self.trail.opening(summary, self.clock())
+        try:
+            used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s, records, opening)
+        except SpentUnconfirmed:
+            await self._close_unconfirmed(grant, who, now)
+            raise
         if withdrawn and used.outcome is Outcome.CONSUMED:  # spent, and the session it would have opened is closed
             await self.allowlist.revoke(sid)
             raise ImpersonationWithdrawn(
@@ -337,23 +363,7 @@ class Authority:
         if used.outcome is Outcome.UNKNOWN:
             raise TokenNotIssued("this token is not on the allowlist (never issued, expired, or lost)", audit=who)
         if used.outcome is Outcome.REPLAYED:
-            if used.revoked_now:
-                await self.trail.end(sid, "replayed", now)
             raise _replayed(who, sid, revoked_now=used.revoked_now)
-        # On the trail before the answer: a bulk revocation asked after this exchange succeeded always finds it.
-        await self.trail.record(
-            Summary(
-                session_id=sid,
-                location=grant.loc,
-                subject=grant.sub,
-                actor=grant.act,
-                started=now,
-                ends=claims.exp,
-                reason=grant.reason,
-                ticket=grant.ticket,
-            ),
-            self.clock(),
-        )
         return SessionGrant(
             access_token=sign(claims, signer, ACCESS_TYP),
             expires_in=claims.exp - now,
@@ -376,21 +386,39 @@ class Authority:
         admin = await self.directory.coworker(grant.loc, admin_id, fresh=True) if place and target else None
         return broken_rule(place, target, admin_id=admin_id, admin=admin)
 
+    async def _close_unconfirmed(self, grant: ImpersonationClaims, who: dict[str, str], now: int) -> None:
+        """A session opened in Redis whose exchange was not confirmed by replicas, so nobody received its access
+        token: revoked at once, audited, and announced (CAEP session-revoked, by policy) after its start, so a
+        receiver never believes in a session nobody holds. Best effort: its own confirmation may fail too."""
+        sid = grant.jti
+        about = self._about(grant, now)
+        closed = session_closed(about, how="revoked", initiator="policy", because=UNCONFIRMED)
+        revoked = self.audit.entry("revocation", "unconfirmed", sid=sid, **who)
+        records = self.outbox.records().on(ON_REVOKE, revoked, closed)
+        with contextlib.suppress(Unavailable):
+            await self.allowlist.revoke(sid, records)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.trail.end(sid, "revoked", now)
+
+    def _about(self, grant: ImpersonationClaims, now: int) -> About:
+        actor = Impersonator(sub=grant.act.sub, role=grant.act.role, iss=grant.act.iss)
+        return About(
+            session=grant.jti, subject=grant.sub, location=grant.loc, actor=actor, at=now, txn=REQUEST_ID.get()
+        )
+
     def _exchange_records(
         self, grant: ImpersonationClaims, who: dict[str, str], *, kid: str, ends: int, now: int, opened: bool
     ) -> Records:
         """What an exchange writes with its outcome: the session started (unless the policy withdrew it: that
         refusal is audited as refusals are), or a replay, which revokes the session it finds open."""
-        sid, txn = grant.jti, REQUEST_ID.get()
-        actor = Impersonator(sub=grant.act.sub, role=grant.act.role, iss=grant.act.iss)
-        about = About(session=sid, subject=grant.sub, location=grant.loc, actor=actor, at=now, txn=txn)
+        sid, about = grant.jti, self._about(grant, now)
         records = self.outbox.records()
         if opened:
             started = session_started(about, ends=ends, reason=grant.reason, ticket=grant.ticket)
             records.on(ON_CONSUME, self.audit.entry("exchange", "session", sid=sid, kid=kid, **who), started)
         for revoking, outcome in ((True, ON_REPLAY_REVOKING), (False, ON_REPLAY)):
             refusal = _replayed(who, sid, revoked_now=revoking)
-            refused = self.audit.refusal(refusal, method="POST", path=None, request_id=txn)
+            refused = self.audit.refusal(refusal, method="POST", path=None, request_id=about.txn)
             replay = token_replayed(about, revoked=revoking)
             revoked = session_closed(about, how="revoked", initiator="policy")
             records.on(outcome, refused, *((replay, revoked) if revoking else (replay,)))

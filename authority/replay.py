@@ -25,6 +25,7 @@ from authority.connection import confirmed
 from authority.events.outbox import RECORD, Records
 from authority.limits import HIT, MintLimiter
 from authority.refusals import Unavailable
+from authority.sessions import TRAIL, Opening
 from authority.tokens import Actor
 
 # The outcomes a transition writes records for (``Records.on``).
@@ -55,7 +56,9 @@ return {actor[1], actor[2], location[1], location[2], written}
 """
 )
 
-# KEYS[1] = the jti key (then the streams of its records); ARGV[1] = session record (JSON); ARGV[2] = its TTL in
+# KEYS[1] = the jti key; then (ARGV[5] = 4: one server) the session's trail and its indexes (``sessions.TRAIL``,
+# from ARGV[6..10], ARGV[11] = now), written with the session, and the trail ended with a replay's revocation; then
+# the streams of its records. ARGV[1] = session record (JSON); ARGV[2] = its TTL in
 # seconds; ARGV[3], ARGV[4] (0 without AUTHORITY_REDIS_MIN_REPLICAS): how many replicas must be online, and heard
 # from (REPLCONF ACK) within how many seconds, for a token to be spent here. They are counted in the same atomic
 # step as the GET and SET: a primary that has fewer (just promoted, its replicas not yet attached) refuses with
@@ -65,7 +68,9 @@ return {actor[1], actor[2], location[1], location[2], written}
 # token whose session was already revoked; {3, n} still issued, not spent: only n replicas to confirm it.
 _CONSUME = (
     RECORD
+    + TRAIL
     + """
+local trail = tonumber(ARGV[5])
 local value = redis.call('GET', KEYS[1])
 if not value then return {0} end
 if value == 'issued' then
@@ -79,15 +84,17 @@ if value == 'issued' then
     if online < needed then return {3, online} end
   end
   redis.call('SET', KEYS[1], 'active:' .. ARGV[1], 'EX', ARGV[2])
-  record('consumed', 2)
+  if trail > 0 then open_trail(2, 6) end
+  record('consumed', 2 + trail)
   return {1}
 end
 if string.sub(value, 1, 7) == 'active:' then
   redis.call('SET', KEYS[1], 'revoked:' .. string.sub(value, 8), 'KEEPTTL')
-  record('replay-revoking', 2)
+  if trail > 0 then end_trail(2, 'replayed', ARGV[11]) end
+  record('replay-revoking', 2 + trail)
   return {2, 1}
 end
-record('replay', 2)
+record('replay', 2 + trail)
 return {2, 0}
 """
 )
@@ -150,6 +157,11 @@ class StoredSession:
 
 
 _record_encoder = msgspec.json.Encoder()
+
+
+class SpentUnconfirmed(Unavailable):
+    """An exchange spent its token, but too few replicas confirmed it: no session is handed out (503), and the one
+    opened in Redis is to be closed, so no receiver is told of a session that nobody holds."""
 
 
 class Allowlist:
@@ -234,13 +246,20 @@ class Allowlist:
             raise Unavailable("jti collision: refusing to issue the same token id twice; try again")
         await self._recorded(records, ON_ISSUE)
 
-    async def consume(self, jti: str, record: SessionRecord, ttl: int, records: Records | None = None) -> Consumption:
+    async def consume(
+        self, jti: str, record: SessionRecord, ttl: int, records: Records | None = None, opening: Opening | None = None
+    ) -> Consumption:
         """Issued → active, once; a second call revokes the session the first one opened. ``records`` of
-        ``ON_CONSUME``, ``ON_REPLAY_REVOKING`` and ``ON_REPLAY`` are written with it."""
+        ``ON_CONSUME``, ``ON_REPLAY_REVOKING`` and ``ON_REPLAY`` are written with it, and so is the session's trail
+        (``opening``), ended by a replay's revocation: on one server in the same script, so a bulk revocation
+        that reads the trail can never miss a session that exists; on Cluster in the round trips that follow."""
         key, body = self._prefix + jti, _record_encoder.encode(record)
         replicas = (self._min_replicas, MAX_REPLICA_LAG_S) if self._min_replicas else (0, 0)
+        keys, args = [key], [body, ttl, *replicas, 0]
+        if opening is not None and not self._cluster:
+            keys, args = [key, *opening.keys], [body, ttl, *replicas, len(opening.keys), *opening.args, opening.at]
         try:
-            reply, acknowledged = await self._change(_CONSUME, [key], [body, ttl, *replicas], records, confirm=True)
+            reply, acknowledged = await self._change(_CONSUME, keys, args, records, confirm=True)
         except ResponseError as error:
             if "NOREPLICAS" not in str(error):
                 raise
@@ -258,10 +277,16 @@ class Allowlist:
         if outcome is not Outcome.UNKNOWN:
             chosen = ON_CONSUME if outcome is Outcome.CONSUMED else ON_REPLAY_REVOKING if revoked_now else ON_REPLAY
             await self._recorded(records, chosen, confirm=True)
+        if opening is not None and self._cluster:
+            if outcome is Outcome.CONSUMED:
+                await opening.write()
+            elif revoked_now:
+                await opening.end("replayed")
         if acknowledged < self._min_replicas:
             if outcome is Outcome.CONSUMED:
-                raise self._unconfirmed(
-                    acknowledged, "no session was handed out, and the token may be spent: mint a new one"
+                raise SpentUnconfirmed(
+                    f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; no session was handed "
+                    "out, and the token may be spent: mint a new one"
                 )
             raise self._unconfirmed(acknowledged, "nothing was handed out")
         return Consumption(outcome, revoked_now=revoked_now)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal, cast
 
 import msgspec
@@ -24,13 +25,29 @@ State = Literal["active", "ended", "revoked", "replayed", "expired"]
 ENDINGS = ("ended", "revoked", "replayed")  # how a session ends before it expires; "expired" is read off its time
 SCAN_LIMIT = 1000  # index entries one listing request reads at most while filtering: a filter cannot cost more
 
-# KEYS[1] = a session's trail; ARGV[1] = how it ended; ARGV[2] = when. Only a live session ends, and once: the
-# first ending is the true one (a replay after a revoke stays "revoked").
-_END = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'ended_at', ARGV[2])
-return 1
+# Lua functions for the scripts that write the trail. ``open_trail(k, a)``: the session's trail at KEYS[k] and its
+# three indexes at KEYS[k+1..k+3] (location, actor, customer: the customer's last), from ARGV[a..a+4] (``Opening.args``:
+# the summary, the index member, the oldest member kept, the retention in seconds, the customer's bound).
+# ``end_trail(k, how, at)``: only a live session ends, and once: the first ending is the true one (a replay after
+# a revoke stays "revoked"); 1 if it ended now.
+TRAIL = """
+local function open_trail(k, a)
+  redis.call('HSET', KEYS[k], 'summary', ARGV[a], 'state', 'active')
+  redis.call('EXPIRE', KEYS[k], ARGV[a + 3])
+  for i = k + 1, k + 3 do
+    redis.call('ZADD', KEYS[i], 0, ARGV[a + 1])
+    redis.call('ZREMRANGEBYLEX', KEYS[i], '-', '(' .. ARGV[a + 2])
+    redis.call('EXPIRE', KEYS[i], ARGV[a + 3])
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[k + 3], 0, -tonumber(ARGV[a + 4]) - 1)
+end
+local function end_trail(k, how, at)
+  if redis.call('HGET', KEYS[k], 'state') ~= 'active' then return 0 end
+  redis.call('HSET', KEYS[k], 'state', how, 'ended_at', at)
+  return 1
+end
 """
+_END = TRAIL + "return end_trail(1, ARGV[1], ARGV[2])"  # KEYS[1] = a session's trail; ARGV: how, when
 
 
 class Summary(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -94,7 +111,7 @@ class SessionTrail:
     index, the one a busy actor could otherwise grow without end."""
 
     def __init__(self, redis: Redis, prefix: str, *, retention_s: int, per_customer: int) -> None:
-        self._redis = redis
+        self.redis = redis
         self._prefix = prefix
         self._end = redis.register_script(_END)
         self.retention_s = retention_s
@@ -112,24 +129,23 @@ class SessionTrail:
     def customer_index(self, location: str, coworker: str) -> str:
         return f"{self._prefix}trail-customer:{location}:{coworker}"
 
-    async def record(self, summary: Summary, now: float) -> None:
-        """The session's trail and its three index entries, in one round trip; old entries trimmed on the way."""
-        entry = member(now, summary.session_id)
-        oldest = member(max(0.0, now - self.retention_s), "")
-        trail = self._trail(summary.session_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(trail, mapping={"summary": msgspec.json.encode(summary), "state": "active"})
-            pipe.expire(trail, self.retention_s)
-            for index in (
+    def opening(self, summary: Summary, now: float) -> Opening:
+        """What opening this session writes on the trail, for the consume script to write with the session itself
+        (one server), or for ``Opening.write`` to follow it (Cluster)."""
+        return Opening(
+            trail=self,
+            session_id=summary.session_id,
+            keys=[
+                self._trail(summary.session_id),
                 self.location_index(summary.location),
                 self.actor_index(summary.location, summary.actor.sub),
                 self.customer_index(summary.location, summary.subject),
-            ):
-                pipe.zadd(index, {entry: 0})
-                pipe.zremrangebylex(index, "-", f"({oldest}")
-                pipe.expire(index, self.retention_s)
-            pipe.zremrangebyrank(self.customer_index(summary.location, summary.subject), 0, -self.per_customer - 1)
-            await pipe.execute()
+            ],
+            summary=msgspec.json.encode(summary),
+            entry=member(now, summary.session_id),
+            oldest=member(max(0.0, now - self.retention_s), ""),
+            at=int(now),
+        )
 
     async def end(self, sid: str, how: Literal["ended", "revoked", "replayed"], now: int) -> bool:
         """Mark a live session as ended ``how``; False if it had ended already (or left the trail)."""
@@ -137,7 +153,7 @@ class SessionTrail:
 
     async def live(self, index: str, since: int) -> list[str]:
         """The sessions in ``index`` started at or after ``since``, oldest first: every one that may still be live."""
-        members = cast(list[bytes], await self._redis.zrangebylex(index, f"[{member(since, '')}", "+"))
+        members = cast(list[bytes], await self.redis.zrangebylex(index, f"[{member(since, '')}", "+"))
         return [m.decode().partition(":")[2] for m in members]
 
     async def page(
@@ -149,7 +165,7 @@ class SessionTrail:
         upper = f"({decode_cursor(cursor)}" if cursor else "+"
         lower = f"[{member(max(0, now - self.retention_s), '')}"
         scan = SCAN_LIMIT if keep else limit
-        members = cast(list[bytes], await self._redis.zrevrangebylex(index, upper, lower, start=0, num=scan))
+        members = cast(list[bytes], await self.redis.zrevrangebylex(index, upper, lower, start=0, num=scan))
         names = [m.decode() for m in members]
         entries = await self._entries([n.partition(":")[2] for n in names], now)
         items: list[Entry] = []
@@ -164,11 +180,47 @@ class SessionTrail:
         return Page(items, encode_cursor(last) if last and more else None)
 
     async def _entries(self, sids: Sequence[str], now: int) -> list[Entry | None]:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
                 pipe.hgetall(self._trail(sid))
             found = cast(list[dict[bytes, bytes]], await pipe.execute())
         return [_entry(fields, now) if fields else None for fields in found]
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A session's trail entry and its three index entries (``keys``: the trail, then the location's, the actor's
+    and the customer's index), with ``summary`` as index ``entry``, trimming what is older than ``oldest``."""
+
+    trail: SessionTrail
+    session_id: str
+    keys: list[str]
+    summary: bytes
+    entry: str
+    oldest: str
+    at: int  # when, in seconds: a replay's revocation ends the trail then
+
+    @property
+    def args(self) -> list[bytes | str | int]:
+        """``TRAIL``'s ``open_trail`` arguments."""
+        return [self.summary, self.entry, self.oldest, self.trail.retention_s, self.trail.per_customer]
+
+    async def write(self) -> None:
+        """On its own, in one round trip (Cluster: every command touches one key); old entries trimmed on the way."""
+        trail, *indexes = self.keys
+        retention = self.trail.retention_s
+        async with self.trail.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(trail, mapping={"summary": self.summary, "state": "active"})
+            pipe.expire(trail, retention)
+            for index in indexes:
+                pipe.zadd(index, {self.entry: 0})
+                pipe.zremrangebylex(index, "-", f"({self.oldest}")
+                pipe.expire(index, retention)
+            pipe.zremrangebyrank(indexes[-1], 0, -self.trail.per_customer - 1)
+            await pipe.execute()
+
+    async def end(self, how: Literal["ended", "revoked", "replayed"]) -> bool:
+        return await self.trail.end(self.session_id, how, self.at)
 
 
 def _entry(fields: dict[bytes, bytes], now: int) -> Entry:

@@ -406,7 +406,7 @@ WATERFALL: dict[str, list[tuple[str, str]]] = {
         ("post_stack", "+ the service's request pipeline (a POST)"),
         ("exchange_body", "+ the JSON body (guard, decoding, unique names)"),
         ("exchange_verify", "+ the impersonation token's verification"),
-        ("exchange_redis", "+ the consume script and the session trail (two round trips)"),
+        ("exchange_redis", "+ the consume script and the session trail (one round trip)"),
         ("exchange_sign", "+ access token claims and signature"),
         ("full", "+ the route: DI, DPoP gate, directory again, audit, response struct"),
     ],

@@ -13,9 +13,9 @@ details, response hooks). Served by granian exactly as ``bench/run.py`` serves t
   step-up and justification rules, the response struct);
 - exchange: bare → ``post_stack`` → ``exchange_body`` (+ the JSON body: media-type guard, msgspec decoding, the
   unique-names check) → ``exchange_verify`` (+ the impersonation token's verification) → ``exchange_redis`` (+ the
-  consume script and the session trail: two round trips) → ``exchange_sign`` (+ the access token's claims and
-  signature) → the authority's exchange route (+ dependency injection, DPoP gate, the directory asked again, the
-  audit event, the response struct);
+  consume script, which writes the session trail too: one round trip on one server) → ``exchange_sign`` (+ the
+  access token's claims and signature) → the authority's exchange route (+ dependency injection, DPoP gate, the
+  directory asked again, the audit event, the response struct);
 - introspection (the same access token, again and again): bare → ``post_stack`` → ``introspect_authn`` (+ the
   cached bearer) → ``introspect_body`` (+ the form body) → ``introspect_verify`` (+ the remembered verification)
   → ``introspect_redis`` (+ the session's one GET) → the authority's introspection route (+ guards, dependency
@@ -150,7 +150,6 @@ def _exchange_layers(services: Services) -> dict[str, BaseRouteHandler]:
             ttl=settings.session_ttl_s,
         )
         record = SessionRecord(sub=grant.sub, loc=grant.loc, act=grant.act, exp=claims.exp)
-        await services.allowlist.consume(grant.jti, record, settings.session_ttl_s + settings.clock_skew_s)
         summary = Summary(
             session_id=grant.jti,
             location=grant.loc,
@@ -159,7 +158,9 @@ def _exchange_layers(services: Services) -> dict[str, BaseRouteHandler]:
             started=now,
             ends=claims.exp,
         )
-        await authority.trail.record(summary, time.time())
+        opening = authority.trail.opening(summary, time.time())
+        ttl = settings.session_ttl_s + settings.clock_skew_s
+        await services.allowlist.consume(grant.jti, record, ttl, None, opening)
         return claims
 
     @post(PATH, opt=PUBLIC, status_code=200, guards=json_body)

@@ -23,7 +23,7 @@ from authority import sessions
 from authority.connection import parse_sentinel_url
 from authority.embedded import EmbeddedRedis, free_port, server_binary
 from authority.events.outbox import outbox_stream
-from authority.events.set import SESSION_REVOKED, SESSION_STARTED, TOKEN_REPLAYED
+from authority.events.set import SESSION_REVOKED, SESSION_STARTED, TOKEN_REPLAYED, UNCONFIRMED
 from authority.replay import MAX_REPLICA_LAG_S
 from tests.helpers import (
     END_CURRENT,
@@ -38,7 +38,7 @@ from tests.helpers import (
     decode_unverified,
     revoke,
 )
-from tests.test_accountability import RACING, page_while_inserting, race_a_bulk_revocation
+from tests.races import RACING, page_while_inserting, race_a_bulk_revocation
 
 NOT_SPENT = "the token was not spent"  # what a 503 says when the exchange was refused before consuming
 NOBODY = [{"url": "http://127.0.0.1:9/events", "audience": "portal"}]  # a receiver configured, never reached
@@ -481,6 +481,51 @@ def test_without_the_replicas_asked_for_an_exchange_spends_nothing(
                 assert revoked.status_code == 200, revoked.text
                 replay = client.post(EXCHANGE, json={"token": second})
                 assert replay.json()["type"] == "urn:authority:problem:token-replayed"
+
+
+def test_an_exchange_its_replicas_did_not_confirm_is_revoked_and_announced_so(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """A replica counted as online that then fails to acknowledge (frozen just after its last acknowledgement):
+    the exchange spent its token and answers 503 with no access token. The session it opened in Redis is revoked
+    at once, its trail says so, and the outbox announces it after its start, as a policy revocation saying why,
+    so no receiver believes in a session nobody holds."""
+    with (
+        EmbeddedRedis(tmp_path / "primary", persist=False, extra=NO_SYNC_DELAY) as primary,
+        EmbeddedRedis(
+            tmp_path / "replica", persist=False, extra=["--replicaof", "127.0.0.1", str(primary.port)]
+        ) as replica,
+    ):
+        wait_until(lambda: _online_replicas(primary.port) >= 1, what="the replica online")
+        stack = make_stack(
+            redis_url=primary.url, key_store="redis", redis_min_replicas=1, event_receivers=NOBODY, **PATIENT
+        )
+        prefix = stack.settings.redis_prefix
+        with stack.client() as client:
+            token = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7")).json()["token"]
+            assert replica.process is not None
+            # Frozen right after an acknowledgement: the consume script still counts it (lag <= MAX_REPLICA_LAG_S),
+            # and the WAIT after it gets nothing.
+            wait_until(lambda: max(_replica_lags(primary.port)) == 0, what="a fresh acknowledgement")
+            os.kill(replica.process.pid, signal.SIGSTOP)
+            try:
+                response = client.post(EXCHANGE, json={"token": token})
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            assert response.status_code == 503, response.text
+            assert "may be spent" in response.json()["detail"]
+
+        sid = decode_unverified(token)["jti"]
+        assert _states(primary.port, prefix, [token]) == {token: b"revoked"}
+        with redis.Redis(port=primary.port) as direct:
+            assert direct.hget(f"{prefix}trail:{sid}", "state") == b"revoked"
+            events = [json.loads(f[b"event"]) for _, f in direct.xrange(outbox_stream(f"{prefix}audit"))]
+            audit = [json.loads(f[b"event"]) for _, f in direct.xrange(f"{prefix}audit")]
+        mine = [e for e in events if e.get("session") == sid]
+        assert [e["type"] for e in mine] == [SESSION_STARTED, SESSION_REVOKED], mine
+        assert mine[1]["initiator"] == "policy"
+        assert mine[1]["because"] == UNCONFIRMED
+        assert any(a["event"] == "revocation" and a["outcome"] == "unconfirmed" and a["sid"] == sid for a in audit)
 
 
 def _replica_lags(port: int) -> list[int]:

@@ -58,6 +58,7 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fiel
     ends: int | None = None  # a started session's exp
     initiator: Initiator | None = None
     revoked: bool | None = None  # a replay: whether it revoked the session just now
+    because: str | None = None  # a revocation: why, where its initiator does not say it
     kid: str | None = None  # a retired key
     txn: str | None = None  # the request id: the SETs of one request, and its audit entries, share it
 
@@ -114,9 +115,13 @@ def session_started(about: About, *, ends: int, reason: str | None, ticket: str 
     return _session_event(SESSION_STARTED, about, ends=ends, reason=reason, ticket=ticket)
 
 
-def session_closed(about: About, *, how: Literal["ended", "revoked"], initiator: Initiator) -> Event:
-    """The session ended itself (ours), or was revoked (CAEP), by ``initiator``."""
-    return _session_event(SESSION_ENDED if how == "ended" else SESSION_REVOKED, about, initiator=initiator)
+def session_closed(
+    about: About, *, how: Literal["ended", "revoked"], initiator: Initiator, because: str | None = None
+) -> Event:
+    """The session ended itself (ours), or was revoked (CAEP), by ``initiator``; ``because`` says why, where the
+    initiator alone does not (CAEP's ``reason_admin``)."""
+    kind = SESSION_ENDED if how == "ended" else SESSION_REVOKED
+    return _session_event(kind, about, initiator=initiator, because=because)
 
 
 def token_replayed(about: About, *, revoked: bool) -> Event:
@@ -128,6 +133,8 @@ def key_retired(*, kid: str, at: int) -> Event:
 
 
 _REVOKED_BECAUSE = {"admin": "revoked by staff or its impersonator", "policy": "its impersonation token was replayed"}
+# A revocation by policy of a session whose exchange too few replicas confirmed: its client got a 503, no token.
+UNCONFIRMED = "its exchange was not confirmed by Redis replicas in time: no access token was handed out"
 
 
 def _body(event: Event, jwks_uri: str) -> dict[str, Any]:
@@ -136,7 +143,7 @@ def _body(event: Event, jwks_uri: str) -> dict[str, Any]:
     if event.type == SESSION_REVOKED:
         initiator = event.initiator or "system"
         body["initiating_entity"] = initiator
-        body["reason_admin"] = {"en": _REVOKED_BECAUSE.get(initiator, "revoked")}
+        body["reason_admin"] = {"en": event.because or _REVOKED_BECAUSE.get(initiator, "revoked")}
         return body
     if event.actor is not None:
         body["act"] = msgspec.to_builtins(event.actor)
