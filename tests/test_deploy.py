@@ -263,8 +263,16 @@ def test_the_errors_the_guide_quotes_are_the_ones_the_code_says() -> None:
         "cannot decrypt private key (wrong AUTHORITY_KEY_PASSPHRASE?)",
         "warning: both key stores hold keys: ",
         "must be https: plain http only on a loopback address",
+        "is required outside --demo: ",
+        "key schedule not run at start (",
+        "key store: {store} (AUTHORITY_KEY_STORE={config.key_store})",
+        'f"redis hash {self._key}"',
     ]:
         assert fragment in code, fragment
+    (granian,) = (BIN.parent / "lib").glob("python3*/site-packages/granian/server/common.py")
+    assert "Worker crash loop detected, exiting" in granian.read_text()
+    assert "key store: redis hash authority:keys (AUTHORITY_KEY_STORE=redis)" in guide  # the recipe's store
+    assert "`authority: AUTHORITY_X: ...`" not in guide
     assert "jwks_file: [Errno 2]" not in guide
     assert "jwks_file /etc/authority/test-issuer.jwks.json does not exist (for a test issuer, ...)" in guide
 
