@@ -102,7 +102,6 @@ async def race_a_bulk_revocation(stack: Stack, clients: int = 8) -> list[str]:
     return answered
 
 
-
 async def page_while_inserting(
     stack: Stack, *, query: dict[str, str] | None = None, existing: int = 24, limit: int = 3
 ) -> tuple[list[str], list[str], int]:
@@ -164,5 +163,3 @@ async def page_while_inserting(
     assert [sid for sid in seen if sid in set(made)] == [sid for sid in reversed(made) if sid in wanted]
     assert seen == [sid for sid in everything if sid in set(seen)]  # newest first: in the index's own order
     return seen, inserted, short
-
-
