@@ -7,7 +7,7 @@ an embedded Redis or the demo issuer. Each worker process builds its own app (an
 import sys
 
 from authority import logs, metrics
-from authority.app import create_app
+from authority.app import create_app, freeze_startup
 from authority.services import OPERATOR_ERRORS, RefusedStart, say
 from authority.settings import load
 
@@ -18,6 +18,7 @@ try:
     # What only the start can find (keys in Redis sealed with another passphrase, say) is said as the settings are:
     # one line per mistake, then the server exits non-zero (RefusedStart).
     app = RefusedStart(create_app(settings))
+    freeze_startup()
 except OPERATOR_ERRORS as exc:  # one line per mistake in every worker's log, not a traceback
     say(exc, sys.stderr)
     raise SystemExit(2) from None

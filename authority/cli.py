@@ -25,7 +25,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from authority import callers, demo, demo_server, directory_file, logs, settings
-from authority.app import create_app
+from authority.app import create_app, freeze_startup
 from authority.connection import REDIS_ERRORS, connect_redis
 from authority.events.delivery import entry_time
 from authority.events.outbox import outbox_stream
@@ -71,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
             config = _with_demo_issuer(config)
         logs.configure()
         app = RefusedStart(create_app(config))
+        freeze_startup()
         options = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False)
         try:
             _AnnouncedServer(options, demo=config.demo).run()
