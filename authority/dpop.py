@@ -13,7 +13,6 @@ whose key it is, is the token's ``cnf.jkt`` (``expected_jkt``).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import re
@@ -25,7 +24,6 @@ from urllib.parse import urlsplit
 
 import jwt
 import msgspec
-from litestar import Litestar
 from litestar.connection import ASGIConnection
 from redis.asyncio import Redis
 
@@ -316,15 +314,17 @@ def published_path(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     """The path of the route this request reached, as the metadata publishes it (``route_reverse`` of the route's
     name with its path parameters). The one source of every ``htu`` (the issuer followed by this path): not the
     request's URL, which holds the ASGI ``root_path`` a proxy put in front, or a spelling the router tolerated."""
-    params = tuple(sorted(connection.path_params.items()))
-    return _reversed(connection.app, connection.route_handler.name or "", params)
-
-
-@functools.lru_cache(maxsize=1024)
-def _reversed(app: Litestar, name: str, params: tuple[tuple[str, Any], ...]) -> str:
-    """Reversed once per route and parameters: every mint and exchange asks, with a proof or without (it was 1 %
-    of a mint's CPU, py-spy)."""
-    return app.route_reverse(name, **dict(params))
+    # Reversed once per app (kept in its state), route and parameters: every mint and exchange asks, with a proof
+    # or without (it was 1 % of a mint's CPU, py-spy). Bounded: a team admin's route has one per coworker id.
+    paths: dict[tuple[Any, ...], str] = connection.app.state.setdefault("authority_published_paths", {})
+    name = connection.route_handler.name or ""
+    key = (name, *sorted(connection.path_params.items()))
+    path = paths.get(key)
+    if path is None:
+        if len(paths) >= 1024:
+            paths.clear()
+        path = paths[key] = connection.app.route_reverse(name, **connection.path_params)
+    return path
 
 
 class UseDpopNonceChallenge(UseDpopNonce):

@@ -7,10 +7,10 @@ limiter, directory, keys, audit) in one obvious order.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, NoReturn
 
@@ -18,7 +18,7 @@ import msgspec
 
 from authority.audit import REQUEST_ID, AuditLog
 from authority.authn import Caller
-from authority.connection import REDIS_ERRORS, shown
+from authority.connection import shown
 from authority.directory import CoworkerEntry, Directory, LocationEntry
 from authority.dpop import DpopGate
 from authority.events.outbox import Outbox, Records
@@ -66,6 +66,7 @@ from authority.replay import (
     ON_REPLAY_REVOKING,
     ON_REVOKE,
     ON_REVOKED_ALREADY,
+    UNAVAILABLE,
     Allowlist,
     Outcome,
     SessionRecord,
@@ -143,6 +144,7 @@ class Revocation(msgspec.Struct, frozen=True):
     revoked: bool = True
 
 
+logger = logging.getLogger("authority")
 NO_REASON = Justification()
 INTROSPECTED_MAX = 10_000  # access tokens whose verification introspection remembers, per process
 
@@ -348,11 +350,11 @@ class Authority:
         )
         # On the trail with the session (one server) or before the answer (Cluster): a bulk revocation asked after
         # this exchange succeeded always finds it.
-        opening = self.trail.opening(summary, self.clock())
+        opening = None if withdrawn else self.trail.opening(summary, self.clock())
         try:
             used = await self.allowlist.consume(grant.jti, record, s.session_ttl_s + s.clock_skew_s, records, opening)
         except SpentUnconfirmed:
-            await self._close_unconfirmed(grant, who, now)
+            await self._close_unconfirmed(grant, who, now, announce=not withdrawn)
             raise
         if withdrawn and used.outcome is Outcome.CONSUMED:  # spent, and the session it would have opened is closed
             await self.allowlist.revoke(sid)
@@ -386,32 +388,40 @@ class Authority:
         admin = await self.directory.coworker(grant.loc, admin_id, fresh=True) if place and target else None
         return broken_rule(place, target, admin_id=admin_id, admin=admin)
 
-    async def _close_unconfirmed(self, grant: ImpersonationClaims, who: dict[str, str], now: int) -> None:
+    async def _close_unconfirmed(
+        self, grant: ImpersonationClaims, who: dict[str, str], now: int, *, announce: bool
+    ) -> None:
         """A session opened in Redis whose exchange was not confirmed by replicas, so nobody received its access
-        token: revoked at once, audited, and announced (CAEP session-revoked, by policy) after its start, so a
-        receiver never believes in a session nobody holds. Best effort: its own confirmation may fail too."""
+        token: revoked at once, audited, and (``announce``: its start was) announced as a CAEP session-revoked by
+        policy, so a receiver never believes in a session nobody holds. Best effort, on a Redis that just failed
+        to confirm: whatever goes wrong here is logged, and the caller's 503 is what the client gets."""
         sid = grant.jti
-        about = self._about(grant, now)
+        about = self._about(grant.jti, grant.sub, grant.loc, grant.act, now)
         closed = session_closed(about, how="revoked", initiator="policy", because=UNCONFIRMED)
         revoked = self.audit.entry("revocation", "unconfirmed", sid=sid, **who)
-        records = self.outbox.records().on(ON_REVOKE, revoked, closed)
-        with contextlib.suppress(Unavailable):
-            await self.allowlist.revoke(sid, records)
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self.trail.end(sid, "revoked", now)
-
-    def _about(self, grant: ImpersonationClaims, now: int) -> About:
-        actor = Impersonator(sub=grant.act.sub, role=grant.act.role, iss=grant.act.iss)
-        return About(
-            session=grant.jti, subject=grant.sub, location=grant.loc, actor=actor, at=now, txn=REQUEST_ID.get()
+        records = self.outbox.records().on(ON_REVOKE, revoked, *((closed,) if announce else ()))
+        steps: tuple[Callable[[], Awaitable[bool]], ...] = (
+            lambda: self.allowlist.revoke(sid, records),
+            lambda: self.trail.end(sid, "revoked", now),
         )
+        for step in steps:  # each on its own: the revocation's own confirmation failing must not skip the trail
+            try:
+                await step()
+            except UNAVAILABLE as exc:
+                logger.warning("session %s, whose exchange was not confirmed: not closed yet: %s", sid, exc)
+
+    @staticmethod
+    def _about(sid: str, subject: str, location: str, act: Actor, now: int) -> About:
+        """What every event of session ``sid`` says about it, now, in this request."""
+        actor = Impersonator(sub=act.sub, role=act.role, iss=act.iss)
+        return About(session=sid, subject=subject, location=location, actor=actor, at=now, txn=REQUEST_ID.get())
 
     def _exchange_records(
         self, grant: ImpersonationClaims, who: dict[str, str], *, kid: str, ends: int, now: int, opened: bool
     ) -> Records:
         """What an exchange writes with its outcome: the session started (unless the policy withdrew it: that
         refusal is audited as refusals are), or a replay, which revokes the session it finds open."""
-        sid, about = grant.jti, self._about(grant, now)
+        sid, about = grant.jti, self._about(grant.jti, grant.sub, grant.loc, grant.act, now)
         records = self.outbox.records()
         if opened:
             started = session_started(about, ends=ends, reason=grant.reason, ticket=grant.ticket)
@@ -455,8 +465,7 @@ class Authority:
             why=record.reason,
             ticket=record.ticket,
         )
-        actor = Impersonator(sub=record.act.sub, role=record.act.role, iss=record.act.iss)
-        about = About(session=sid, subject=record.sub, location=record.loc, actor=actor, at=now, txn=REQUEST_ID.get())
+        about = self._about(sid, record.sub, record.loc, record.act, now)
         closed = session_closed(about, how=how, initiator="user" if how == "ended" else "admin")
         records = self.outbox.records().on(ON_REVOKE, audited, closed)
         ended = await self.allowlist.revoke(sid, records.on(ON_REVOKED_ALREADY, audited).on(ON_NO_SESSION, audited))

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from authority.connection import confirmed
+from authority.connection import REDIS_ERRORS, confirmed
 from authority.events.outbox import RECORD, Records
 from authority.limits import HIT, MintLimiter
 from authority.refusals import Unavailable
@@ -104,6 +104,8 @@ return {2, 0}
 # token and then meet a short WAIT are bounded to that. Lower would refuse healthy replicas on a slow tick.
 MAX_REPLICA_LAG_S = 2
 _NOT_SPENT = 3
+# What a write to a Redis that does not (or not fully) answer raises here: a 503 either way.
+UNAVAILABLE: tuple[type[Exception], ...] = (Unavailable, *REDIS_ERRORS)
 
 # KEYS[1] = the jti key (then the streams of its records). 1: revoked now; 2: was already revoked; 0: no such
 # session (unknown, or not exchanged).
@@ -206,8 +208,8 @@ class Allowlist:
                 await records.follow(outcome, confirm=confirm)
             records.written(outcome)
 
-    def _unconfirmed(self, acknowledged: int, what: str) -> Unavailable:
-        return Unavailable(f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; {what}")
+    def _unconfirmed(self, acknowledged: int, what: str, kind: type[Unavailable] = Unavailable) -> Unavailable:
+        return kind(f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; {what}")
 
     async def issue(
         self,
@@ -274,20 +276,23 @@ class Allowlist:
             )
         outcome = Outcome(int(reply[0]))
         revoked_now = outcome is Outcome.REPLAYED and int(reply[1]) == 1
-        if outcome is not Outcome.UNKNOWN:
-            chosen = ON_CONSUME if outcome is Outcome.CONSUMED else ON_REPLAY_REVOKING if revoked_now else ON_REPLAY
-            await self._recorded(records, chosen, confirm=True)
-        if opening is not None and self._cluster:
+        spent = "no session was handed out, and the token may be spent: mint a new one"
+        try:
+            if outcome is not Outcome.UNKNOWN:
+                chosen = ON_CONSUME if outcome is Outcome.CONSUMED else ON_REPLAY_REVOKING if revoked_now else ON_REPLAY
+                await self._recorded(records, chosen, confirm=True)
+            if opening is not None and self._cluster:
+                if outcome is Outcome.CONSUMED:
+                    await opening.write()
+                elif revoked_now:
+                    await opening.end("replayed")
+        except UNAVAILABLE as exc:  # Cluster's follow-ups failed: the session exists, unannounced
             if outcome is Outcome.CONSUMED:
-                await opening.write()
-            elif revoked_now:
-                await opening.end("replayed")
+                raise SpentUnconfirmed(f"the session's records were not written ({exc}); {spent}") from exc
+            raise
         if acknowledged < self._min_replicas:
             if outcome is Outcome.CONSUMED:
-                raise SpentUnconfirmed(
-                    f"only {acknowledged} of {self._min_replicas} replicas confirmed in time; no session was handed "
-                    "out, and the token may be spent: mint a new one"
-                )
+                raise self._unconfirmed(acknowledged, spent, SpentUnconfirmed)
             raise self._unconfirmed(acknowledged, "nothing was handed out")
         return Consumption(outcome, revoked_now=revoked_now)
 

@@ -22,7 +22,17 @@ from authority.directory_file import DEMO_DIRECTORY, FileDirectory
 from authority.directory_http import HttpDirectory
 from authority.policy import broken_rule
 from examples.portal_adapter import FileSource, create_app
-from tests.helpers import EXCHANGE, STAFF, Stack, assert_problem, audit_events, decode_unverified, serving, team
+from tests.helpers import (
+    EXCHANGE,
+    STAFF,
+    Stack,
+    assert_problem,
+    audit_events,
+    decode_unverified,
+    direct_redis,
+    serving,
+    team,
+)
 
 
 @pytest.fixture
@@ -233,6 +243,10 @@ def test_exchange_asks_the_policy_again_and_spends_a_withdrawn_token(
     body = assert_problem(refused, 401, "impersonation-withdrawn")
     assert "no longer allowed" in body["detail"]
     assert audited_rules(live) == [rule]
+    # no session was opened: nothing on the trail, so no listing shows it and no bulk revocation finds it
+    sid = decode_unverified(minted.json()["token"])["jti"]
+    with direct_redis(live) as direct:
+        assert not direct.exists(f"{live.settings.redis_prefix}trail:{sid}")
     # spent: put back as it was, the token still opens nothing
     change(client, directory_file, _restore)
     assert_problem(client.post(EXCHANGE, json={"token": minted.json()["token"]}), 401, "token-replayed")

@@ -18,6 +18,7 @@ from unittest.mock import patch
 import pytest
 import redis
 from litestar.testing import TestClient
+from redis.crc import key_slot
 
 from authority import sessions
 from authority.connection import parse_sentinel_url
@@ -74,6 +75,9 @@ def test_unix_socket(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
         core_flow(make_stack(redis_url=f"unix://{socket}?db=0", key_store="redis"))
 
 
+SLOT_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]  # the primaries' slots, nodes[0..2] in order
+
+
 def start_cluster(root: Path, *, replicas: bool) -> list[EmbeddedRedis]:
     """Three primaries sharing the 16384 slots (and, with ``replicas``, one replica each), joined with CLUSTER MEET
     and CLUSTER REPLICATE: no redis-cli needed."""
@@ -82,12 +86,11 @@ def start_cluster(root: Path, *, replicas: bool) -> list[EmbeddedRedis]:
         EmbeddedRedis(root / f"node{n}", persist=False, extra=["--cluster-enabled", "yes"]).start()
         for n in range(count)
     ]
-    bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
     for node in nodes:
         with redis.Redis(port=node.port) as direct:
             for other in nodes:
                 direct.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
-    for node, (first, last) in zip(nodes, bounds, strict=False):
+    for node, (first, last) in zip(nodes, SLOT_RANGES, strict=False):
         with redis.Redis(port=node.port) as direct:
             direct.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
 
@@ -641,6 +644,50 @@ def test_cluster_with_min_replicas_waits_on_the_keys_own_primary(
         core_flow(stack)
         _, events = cluster_records(stack, nodes[0].port)
         assert [e["type"] for e in events] == [SESSION_STARTED, TOKEN_REPLAYED, SESSION_REVOKED]
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_cluster_an_exchange_whose_records_go_unconfirmed_is_revoked(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """On Cluster the records follow the consume on the streams' own primary, confirmed by its own WAIT. With that
+    primary's replica frozen (the token's primary and replica well), the consume is confirmed, its records are
+    not: the answer is the same 503 as an unconfirmed consume, and the session it opened is revoked, not left
+    active with nobody holding it."""
+    nodes = start_cluster(tmp_path, replicas=True)
+    try:
+        settings = {"redis_cluster": True, "key_store": "redis", "redis_min_replicas": 1, **PATIENT}
+        stack = make_stack(redis_url=nodes[0].url, event_receivers=NOBODY, **settings)
+        prefix = stack.settings.redis_prefix
+
+        def primary_of(key: str) -> int:
+            slot = key_slot(key.encode())
+            return next(
+                n for n, (first, last) in enumerate([(0, 5460), (5461, 10922), (10923, 16383)]) if first <= slot <= last
+            )
+
+        streams = primary_of(f"{prefix}audit")
+        with stack.client() as client:
+            operator = stack.bearer("operator", "7")
+            while True:  # a token whose entry is on another primary than the streams
+                token = client.get(STAFF, params={"coworkerId": 42}, headers=operator).json()["token"]
+                sid = decode_unverified(token)["jti"]
+                if primary_of(f"{prefix}jti:{sid}") != streams:
+                    break
+            frozen = nodes[streams + 3]
+            assert frozen.process is not None
+            wait_until(lambda: max(_replica_lags(nodes[streams].port)) == 0, what="a fresh acknowledgement")
+            os.kill(frozen.process.pid, signal.SIGSTOP)
+            try:
+                response = client.post(EXCHANGE, json={"token": token})
+            finally:
+                os.kill(frozen.process.pid, signal.SIGCONT)
+        assert response.status_code == 503, response.text
+        assert "may be spent" in response.json()["detail"]
+        with redis.RedisCluster(host="127.0.0.1", port=nodes[0].port) as direct:
+            assert direct.get(f"{prefix}jti:{sid}").split(b":", 1)[0] == b"revoked"
     finally:
         for node in nodes:
             node.stop()
