@@ -38,7 +38,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.params import JSONBody, URLEncodedBody
 
 from authority import policy
-from authority.app import request_pipeline
+from authority.app import freeze_startup, request_pipeline
 from authority.authn import Caller
 from authority.impersonation import NO_REASON, new_id
 from authority.replay import SessionRecord
@@ -249,12 +249,14 @@ def layer_app(name: str) -> Litestar:
     def ready() -> Answer:
         return {"status": "ready"}
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[handlers[name], ready],
         lifespan=[lifespan],
         openapi_config=None,
         **request_pipeline(settings, services),
     )
+    freeze_startup()  # as the service's entry point does
+    return app
 
 
 def __getattr__(name: str) -> Litestar:

@@ -79,7 +79,7 @@ class Receiver:
     keeps every SET verified (duplicates included, in arrival order); ``failures`` every one that did not verify.
     ``jwks``, if set, is served at ``/jwks`` (for an in-process service, which has no URL of its own)."""
 
-    jwks_urls: list[str]
+    jwks_urls: list[str] = field(default_factory=list)  # see ``trust``
     port: int = field(default_factory=free_port)
     delay_s: float = 0.0
     refusing: bool = False
@@ -95,6 +95,11 @@ class Receiver:
     _connections: set[socket.socket] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self._keys = [jwt.PyJWKClient(url, cache_keys=True) for url in self.jwks_urls]
+
+    def trust(self, *jwks_urls: str) -> None:
+        """Verify SETs with these JWKS URLs from now on (a service's, once it is up)."""
+        self.jwks_urls[:] = [*self.jwks_urls, *jwks_urls]
         self._keys = [jwt.PyJWKClient(url, cache_keys=True) for url in self.jwks_urls]
 
     def url(self, audience: str) -> str:
@@ -206,8 +211,8 @@ class Receiver:
 
 
 @contextmanager
-def receiving(jwks_urls: list[str]) -> Iterator[Receiver]:
-    receiver = Receiver(jwks_urls)
+def receiving() -> Iterator[Receiver]:
+    receiver = Receiver()
     receiver.start()
     try:
         yield receiver
@@ -601,8 +606,7 @@ def test_a_receivers_backlog_is_bounded_counted_and_logged(make_stack: Callable[
 def in_process_receiver(client: Any, receiver: Receiver) -> None:
     """Have ``receiver`` verify with the in-process service's JWKS, served by itself."""
     receiver.jwks = client.get(JWKS).json()
-    receiver.jwks_urls[:] = [f"http://127.0.0.1:{receiver.port}/jwks"]
-    receiver.__post_init__()
+    receiver.trust(f"http://127.0.0.1:{receiver.port}/jwks")
 
 
 def test_a_poison_event_type_holds_no_other_session_back_and_each_session_stays_in_order(
@@ -614,7 +618,7 @@ def test_a_poison_event_type_holds_no_other_session_back_and_each_session_stays_
     before it. Once the receiver takes revocations, every session's events arrive, each session's in order."""
     monkeypatch.setattr(delivery, "HELD", 4)
     monkeypatch.setattr(delivery, "RETRYING", 6)
-    with receiving([]) as receiver:
+    with receiving() as receiver:
         receiver.failing = {SESSION_REVOKED}
         portal = [{"url": receiver.url("portal"), "audience": "portal"}]
         stack = make_stack(event_receivers=portal, event_backoff_max_s=0.5, mint_rate_per_actor=1000)
@@ -667,13 +671,12 @@ def test_a_thousand_sessions_every_event_delivered_verified_and_in_order(
     """1,000 sessions opened, then all revoked in bulk: the receiver gets 2,000 SETs, each verified through the
     JWKS, each session's start before its revocation; a receiver asking only for revocations gets those alone."""
     deployment = Deployment(redis_url, tmp_path)
-    with receiving([]) as receiver:
+    with receiving() as receiver:
         deployment.settings = receivers(
             (receiver.url("portal"), "portal", []), (receiver.url("revocations"), "revocations", [SESSION_REVOKED])
         )
         with deployment.replica() as service:
-            receiver.jwks_urls.append(service.jwks)
-            receiver.__post_init__()
+            receiver.trust(service.jwks)
             started = time.monotonic()
             sids = open_sessions(service, 1000)
             revoked = httpx.post(
@@ -711,11 +714,10 @@ def test_a_thousand_sessions_every_event_delivered_verified_and_in_order(
 
 def test_a_receiver_down_for_ten_seconds_gets_everything_once_back(redis_url: str, tmp_path: Path) -> None:
     deployment = Deployment(redis_url, tmp_path)
-    with receiving([]) as receiver:
+    with receiving() as receiver:
         deployment.settings = receivers((receiver.url("portal"), "portal", []))
         with deployment.replica() as service:
-            receiver.jwks_urls.append(service.jwks)
-            receiver.__post_init__()
+            receiver.trust(service.jwks)
             sids = open_sessions(service, 50)
             wait_for("the first events", lambda: len(receiver.delivered("portal")) >= 50, 30, service)
             receiver.stop()
@@ -740,12 +742,11 @@ def test_a_replica_killed_mid_delivery_the_other_finishes_its_deliveries(redis_u
     """Two replicas; the one holding the receiver's lease is killed (SIGKILL) while its POSTs are in flight to a
     slow receiver: the other takes the lease over, claims what it held, and delivers everything."""
     deployment = Deployment(redis_url, tmp_path)
-    with receiving([]) as receiver:
+    with receiving() as receiver:
         receiver.holding = threading.Event()  # every answer held back until the holder is dead: in flight
         deployment.settings = receivers((receiver.url("portal"), "portal", []))
         with deployment.replica() as first, deployment.replica() as second:
-            receiver.jwks_urls += [first.jwks, second.jwks]
-            receiver.__post_init__()
+            receiver.trust(first.jwks, second.jwks)
             sids = open_sessions(second, 60)
             wait_for("deliveries under way", lambda: receiver.held >= 1, 30, first, second)
             with deployment.redis() as direct:
@@ -798,12 +799,11 @@ def test_a_refused_set_is_dead_lettered_never_retried_and_redrive_delivers_it(
 ) -> None:
     deployment = Deployment(redis_url, tmp_path)
     dead = f"{deployment.prefix}events:dead"
-    with receiving([]) as receiver:
+    with receiving() as receiver:
         receiver.refusing = True
         deployment.settings = receivers((receiver.url("portal"), "portal", []))
         with deployment.replica() as service:
-            receiver.jwks_urls.append(service.jwks)
-            receiver.__post_init__()
+            receiver.trust(service.jwks)
             with deployment.redis() as direct:
                 open_sessions(service, 1)
                 wait_for("a dead letter", lambda: direct.xlen(dead) == 1, 30, service)
@@ -870,12 +870,11 @@ def test_past_max_age_a_set_is_dead_lettered_as_expired_and_what_follows_it_is_d
     counted ``expired``; the session's revocation, behind it, is then delivered and counted ``delivered``.
     ``events tail`` prints both events, oldest first."""
     deployment = Deployment(redis_url, tmp_path, settings={"AUTHORITY_EVENT_MAX_AGE_S": "2"})
-    with receiving([]) as receiver:
+    with receiving() as receiver:
         receiver.failing = {SESSION_STARTED}
         deployment.settings |= receivers((receiver.url("portal"), "portal", []))
         with deployment.replica() as service:
-            receiver.jwks_urls.append(service.jwks)
-            receiver.__post_init__()
+            receiver.trust(service.jwks)
             (sid,) = open_sessions(service, 1)
             assert httpx.post(f"{service.base}/api/sys/sessions/{sid}/revoke", headers=service.staff()).is_success
             wait_for("the revocation", lambda: receiver.delivered("portal"), 60, service)
@@ -903,11 +902,10 @@ def test_sets_say_what_rfc_8417_rfc_9493_and_caep_ask(
     """A session started, then ended by staff, its token replayed, the key that signed the SETs retired in an
     emergency: the SETs' claims, as the receiver verified them."""
     deployment = Deployment(redis_url, tmp_path)
-    with receiving([]) as receiver:
+    with receiving() as receiver:
         deployment.settings = receivers((receiver.url("portal"), "portal", []))
         with deployment.replica() as service:
-            receiver.jwks_urls.append(service.jwks)
-            receiver.__post_init__()
+            receiver.trust(service.jwks)
             minted = httpx.get(f"{service.base}{STAFF}", params={"coworkerId": 42}, headers=service.staff())
             token = minted.json()["token"]
             sid = httpx.post(f"{service.base}{EXCHANGE}", json={"token": token}).json()["session_id"]
