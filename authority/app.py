@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Litestar, Response, get
@@ -76,14 +75,6 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
     check(settings)
     published = Published(services.keys, settings)
 
-    @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await services.start()
-        try:
-            yield
-        finally:
-            await services.close()
-
     app = Litestar(
         route_handlers=[*routes.ROUTES, *([Metrics] if settings.public_metrics else [])],
         dependencies={
@@ -92,7 +83,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Li
             "ready": Provide(lambda: services.ready, sync_to_thread=False),
             "endpoint": Provide(lambda: services.token_endpoint, sync_to_thread=False),
         },
-        lifespan=[lifespan],
+        lifespan=[lambda _: services.running()],
         **request_pipeline(settings, services),
         openapi_config=OpenAPIConfig(
             title="authority",

@@ -10,7 +10,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -171,6 +171,15 @@ class Services:
         ]
         if self.deliveries is not None:
             self._background.append(asyncio.create_task(self.deliveries.run(), name="security events"))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Started for an app's life and closed however it ends: the lifespan of every app these services serve."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         await stop(self._background)

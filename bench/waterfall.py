@@ -28,8 +28,7 @@ real exchange route must spend a fresh token per request (``exchange.lua``).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Litestar, Request, get, post
@@ -237,21 +236,13 @@ def layer_app(name: str) -> Litestar:
     for builder in BUILDERS:
         handlers |= builder(services)
 
-    @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await services.start()
-        try:
-            yield
-        finally:
-            await services.close()
-
     @get("/readyz", opt=PUBLIC, sync_to_thread=False)
     def ready() -> Answer:
         return {"status": "ready"}
 
     app = Litestar(
         route_handlers=[handlers[name], ready],
-        lifespan=[lifespan],
+        lifespan=[lambda _: services.running()],
         openapi_config=None,
         **request_pipeline(settings, services),
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+import httpx
 import pytest
 import redis
 from litestar.testing import TestClient
@@ -486,6 +487,20 @@ def test_without_the_replicas_asked_for_an_exchange_spends_nothing(
                 assert replay.json()["type"] == "urn:authority:problem:token-replayed"
 
 
+def exchange_with_replica_frozen(
+    client: TestClient[Any], token: str, primary: EmbeddedRedis, replica: EmbeddedRedis
+) -> httpx.Response:
+    """Exchange ``token`` with ``primary``'s ``replica`` frozen right after an acknowledgement: the consume script
+    still counts it (lag <= MAX_REPLICA_LAG_S), and the WAIT after the write gets nothing from it."""
+    assert replica.process is not None
+    wait_until(lambda: max(_replica_lags(primary.port)) == 0, what="a fresh acknowledgement")
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        return client.post(EXCHANGE, json={"token": token})
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+
+
 def test_an_exchange_its_replicas_did_not_confirm_is_revoked_and_announced_so(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
@@ -506,15 +521,7 @@ def test_an_exchange_its_replicas_did_not_confirm_is_revoked_and_announced_so(
         prefix = stack.settings.redis_prefix
         with stack.client() as client:
             token = client.get(STAFF, params={"coworkerId": 42}, headers=stack.bearer("operator", "7")).json()["token"]
-            assert replica.process is not None
-            # Frozen right after an acknowledgement: the consume script still counts it (lag <= MAX_REPLICA_LAG_S),
-            # and the WAIT after it gets nothing.
-            wait_until(lambda: max(_replica_lags(primary.port)) == 0, what="a fresh acknowledgement")
-            os.kill(replica.process.pid, signal.SIGSTOP)
-            try:
-                response = client.post(EXCHANGE, json={"token": token})
-            finally:
-                os.kill(replica.process.pid, signal.SIGCONT)
+            response = exchange_with_replica_frozen(client, token, primary, replica)
             assert response.status_code == 503, response.text
             assert "may be spent" in response.json()["detail"]
 
@@ -676,14 +683,7 @@ def test_cluster_an_exchange_whose_records_go_unconfirmed_is_revoked(
                 sid = decode_unverified(token)["jti"]
                 if primary_of(f"{prefix}jti:{sid}") != streams:
                     break
-            frozen = nodes[streams + 3]
-            assert frozen.process is not None
-            wait_until(lambda: max(_replica_lags(nodes[streams].port)) == 0, what="a fresh acknowledgement")
-            os.kill(frozen.process.pid, signal.SIGSTOP)
-            try:
-                response = client.post(EXCHANGE, json={"token": token})
-            finally:
-                os.kill(frozen.process.pid, signal.SIGCONT)
+            response = exchange_with_replica_frozen(client, token, nodes[streams], nodes[streams + 3])
         assert response.status_code == 503, response.text
         assert "may be spent" in response.json()["detail"]
         with redis.RedisCluster(host="127.0.0.1", port=nodes[0].port) as direct:
